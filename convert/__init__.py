@@ -1,0 +1,1 @@
+"""dishwatch convert: Keras model -> quantized TFLite + bundle.json (everything the device needs)."""

@@ -1,0 +1,44 @@
+"""`python -m edge {score,run,check-config,clip}`. Handlers are imported lazily to keep start-up light."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from edge.cli import OneLineParser, dispatch, run_main
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m edge", description="dishwatch edge daemon and tools (no TensorFlow)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    s = sub.add_parser("score", help="score images with a bundle; one JSON object per line")
+    s.add_argument("--bundle", required=True, help="bundle folder (model.tflite + bundle.json)")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("images", nargs="+", help="image files")
+    s.set_defaults(handler="edge.score_cli:cli_main")
+
+    r = sub.add_parser("run", help="the daemon")
+    r.add_argument("--config", required=True, help="TOML config file")
+    r.set_defaults(handler="edge.daemon:cli_main")
+
+    c = sub.add_parser("check-config", help="validate a config and print it resolved (exit 0 ok, 2 bad)")
+    c.add_argument("config", help="TOML config file")
+    c.set_defaults(handler="edge.config:cli_check")
+
+    k = sub.add_parser("clip", help="render a synthetic service clip of the pass")
+    k.add_argument("--data", required=True, help="dataset folder whose test split supplies the plates")
+    k.add_argument("--out", required=True, help="output video (.mp4 or .avi)")
+    k.add_argument("--timeline", required=True, help="output timeline JSON")
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(handler="edge.clip:cli_main")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="python -m edge"))

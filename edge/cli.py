@@ -1,0 +1,54 @@
+"""Command-line plumbing shared by `python -m edge`, `python -m train` and `python -m convert`.
+
+Why: every command must fail with one line that names what is wrong and a non-zero exit, never a traceback.
+argparse's default prints a usage block plus the error; `OneLineParser` prints only the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line: `<prog>: error: <message>`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("DISHWATCH_LOG", "INFO").upper(), 20)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str = "") -> int:
+    """Run a CLI entry point, turning expected failures into one line on stderr and an exit code."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        sys.stderr.write(f"{prog or 'dishwatch'}: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog or 'dishwatch'}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, set up logging, then import and call the chosen subcommand's `module:function` handler lazily."""
+    import importlib
+
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    module, func = args.handler.split(":")
+    return int(getattr(importlib.import_module(module), func)(args) or 0)

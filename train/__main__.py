@@ -1,0 +1,54 @@
+"""`python -m train {synth,inspect,fit,evaluate}`.
+
+Arguments are declared here, handlers are imported lazily, so `synth` and `inspect` never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from edge.cli import OneLineParser, dispatch, run_main
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m train", description="dishwatch training, evaluation and data tools")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    s = sub.add_parser("synth", help="write a synthetic DSM-like dataset (MVTec layout, with masks)")
+    s.add_argument("--preset", required=True, choices=["dsm50", "dsm100", "tiny"], help="dataset size preset")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the output is deterministic for a seed)")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.set_defaults(handler="train.synth:cli_main")
+
+    i = sub.add_parser("inspect", help="show the layout found and counts per split, dish and defect")
+    i.add_argument("--data", required=True, help="dataset folder (MVTec or DSM layout)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    i.set_defaults(handler="train.data:cli_inspect")
+
+    f = sub.add_parser("fit", help="train the Inception CAE on the good images")
+    f.add_argument("--data", required=True, help="dataset folder")
+    f.add_argument("--out", required=True, help="run folder (checkpoints, history, config)")
+    f.add_argument("--epochs", type=int, default=200)
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--image-size", type=int, default=128)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(handler="train.fit:cli_main")
+
+    e = sub.add_parser("evaluate", help="score the test split; write metrics JSON and an HTML report")
+    e.add_argument("--model", required=True, help="RUN_DIR (Keras) or BUNDLE_DIR (TFLite)")
+    e.add_argument("--data", required=True, help="dataset folder")
+    e.add_argument("--json", dest="json_out", help="write the metrics JSON here")
+    e.add_argument("--report", help="write the report folder here (index.html, plots)")
+    e.set_defaults(handler="train.evaluate:cli_main")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="python -m train"))
