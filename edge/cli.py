@@ -26,11 +26,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("DISHWATCH_LOG", "INFO").upper(), 20)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = (
+        logging.DEBUG if verbose else getattr(logging, os.environ.get("DISHWATCH_LOG", "INFO").upper(), 20)
+    )
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str = "") -> int:
+def run_main(
+    main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str = ""
+) -> int:
     """Run a CLI entry point, turning expected failures into one line on stderr and an exit code."""
     try:
         return main(argv)

@@ -46,7 +46,9 @@ class InputSpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"input spec: missing or invalid field ({exc})") from None
         if spec.channels not in (1, 3) or spec.colour_order not in ("RGB", "BGR", "GRAY"):
-            raise UserError(f"input spec: unsupported channels/colour_order {spec.channels}/{spec.colour_order}")
+            raise UserError(
+                f"input spec: unsupported channels/colour_order {spec.channels}/{spec.colour_order}"
+            )
         if spec.scaling != "unit":
             raise UserError(f"input spec: unsupported scaling {spec.scaling!r}")
         return spec

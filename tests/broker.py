@@ -21,7 +21,9 @@ def free_port() -> int:
 
 
 def find_mosquitto() -> str:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if not exe:
         raise RuntimeError("mosquitto not installed: run `make setup` (installs Debian's mosquitto)")
     return exe

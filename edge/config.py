@@ -1,0 +1,310 @@
+"""The daemon's configuration: one TOML file, validated here and nowhere else.
+
+Why one place: every error must name the key (`mqtt.url: ...`), defaults must be visible in one file, and
+`check-config` must print exactly what `run` will use. Secrets are resolved here (password file or environment)
+and never appear in `resolved()` output or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ID_RE = re.compile(r"^[a-z0-9_-]+$")
+PASSWORD_ENV = "DISHWATCH_MQTT_PASSWORD"
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    id: str = "pass1"
+    source: str = "clip.mp4"  # 0 | /dev/video0 | rtsp://... | http://... | a video file | an image folder
+    fps: float = 15.0  # frames processed per second at most
+    loop: bool = False  # video files and image folders: start again at the end
+    width: int = 0  # expected frame size; 0 = whatever the first good frame has
+    height: int = 0
+    reconnect_max_s: float = 30.0  # cap of the exponential reopen backoff
+    stall_timeout_s: float = (
+        20.0  # no frame for this long = source lost (generous: sparse streams are normal)
+    )
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    id: str
+    rect: tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a slot counts as changed, moving and still. Defaults suit a 15 fps camera."""
+
+    diff_threshold: float = 25.0  # grey-level difference that counts a pixel as changed (0-255)
+    changed_fraction: float = (
+        0.02  # fraction of changed pixels against the empty reference = something is there
+    )
+    motion_fraction: float = 0.005  # fraction of pixels changed frame-to-frame = moving
+    still_seconds: float = 1.0  # no motion this long = still, score it
+    empty_seconds: float = 1.0  # back to the empty reference this long = empty
+    background_alpha: float = 0.02  # how fast the empty reference follows slow light changes while empty
+    analysis_width: int = 96  # slots are compared downscaled to this width (cheap gating)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    bundle: str = "models/default"
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
+    username: str = ""
+    password_file: str = ""  # or the environment variable DISHWATCH_MQTT_PASSWORD
+    ca_file: str = ""  # CA bundle for mqtts://; empty = the system's
+    client_id: str = ""  # empty = dishwatch-<camera id>
+    base_topic: str = "dishwatch"  # topics are <base_topic>/<camera id>/...
+    discovery_prefix: str = "homeassistant"  # empty = no Home Assistant discovery
+    keepalive: int = 30
+    spool: str = "/var/lib/dishwatch/spool.sqlite"
+    spool_max_events: int = 10000  # bounded: the oldest are dropped (and counted) past this
+    stats_interval_s: float = 30.0
+    # Resolved, never logged or printed: filled from password_file or the environment.
+    password: str = field(default="", repr=False)
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    jpeg_quality: int = 85
+    max_width: int = 640
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    watchdog_max_stall_s: float = (
+        30.0  # stop pinging the systemd watchdog when no frame/inference for this long
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    camera: CameraConfig
+    slots: tuple[SlotConfig, ...]
+    model: ModelConfig
+    mqtt: MqttConfig
+    gate: GateConfig = GateConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    health: HealthConfig = HealthConfig()
+    path: str = ""  # the file it came from; relative paths in it are resolved against its folder
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as `run` will use it, secrets masked."""
+        d = asdict(self)
+        d["mqtt"]["password"] = "***" if self.mqtt.password else ""
+        d["slots"] = [{"id": s.id, "rect": list(s.rect)} for s in self.slots]
+        return d
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+
+
+def _check_keys(table: dict, cls: type, where: str, skip: tuple[str, ...] = ()) -> None:
+    known = {f.name for f in fields(cls)} - set(skip)
+    for key in table:
+        if key not in known:
+            raise UserError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check one value against the dataclass field type; ints are accepted where floats are expected."""
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if t == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {type(table).__name__}")
+    _check_keys(table, cls, where, skip)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in table and f.name not in skip:
+            kwargs[f.name] = _coerce(table[f.name], f.type, f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _resolve_path(base: Path, p: str) -> str:
+    if not p:
+        return p
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q))
+
+
+def _camera_source(raw: Any, base: Path) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise UserError(f"camera.source: expected a device index, a path or a URL, got {raw!r}")
+    s = str(raw)
+    if s.isdigit() or "://" in s or s.startswith("/dev/"):
+        return s
+    return _resolve_path(base, s)
+
+
+def _read_password(m: MqttConfig, base: Path) -> str:
+    if m.password_file:
+        p = Path(_resolve_path(base, m.password_file))
+        try:
+            return p.read_text().strip()
+        except OSError as exc:
+            raise UserError(f"mqtt.password_file: cannot read {p} ({exc.strerror or exc})") from None
+    return os.environ.get(PASSWORD_ENV, "")
+
+
+def parse(data: dict, path: str | Path = "<config>") -> Config:
+    """Validate a parsed TOML document; raises UserError naming the offending key."""
+    base = Path(path).resolve().parent if str(path) != "<config>" else Path.cwd()
+    known = {"camera", "slots", "model", "mqtt", "gate", "snapshot", "health"}
+    for key in data:
+        if key not in known:
+            raise UserError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
+
+    cam_t = dict(data.get("camera", {})) if isinstance(data.get("camera", {}), dict) else data["camera"]
+    camera = _build(CameraConfig, cam_t, "camera", skip=("source",))
+    if "source" in cam_t:
+        camera = CameraConfig(**{**asdict(camera), "source": _camera_source(cam_t["source"], base)})
+    if not ID_RE.match(camera.id):
+        raise UserError(f"camera.id: must match [a-z0-9_-]+, got {camera.id!r}")
+    _positive(camera.fps, "camera.fps")
+    _positive(camera.reconnect_max_s, "camera.reconnect_max_s")
+    _positive(camera.stall_timeout_s, "camera.stall_timeout_s")
+
+    raw_slots = data.get("slots")
+    if not isinstance(raw_slots, list) or not raw_slots:
+        raise UserError("slots: at least one [[slots]] entry with id and rect is required")
+    slots: list[SlotConfig] = []
+    for i, s in enumerate(raw_slots):
+        where = f"slots[{i}]"
+        if not isinstance(s, dict):
+            raise UserError(f"{where}: expected a table")
+        for key in s:
+            if key not in ("id", "rect"):
+                raise UserError(f"{where}.{key}: unknown key (known: id, rect)")
+        sid = s.get("id")
+        if not isinstance(sid, str) or not ID_RE.match(sid):
+            raise UserError(f"{where}.id: must be a string matching [a-z0-9_-]+, got {sid!r}")
+        rect = s.get("rect")
+        if (
+            not isinstance(rect, list)
+            or len(rect) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in rect)
+        ):
+            raise UserError(f"{where}.rect: expected [x, y, w, h] as four integers, got {rect!r}")
+        if rect[0] < 0 or rect[1] < 0 or rect[2] < 8 or rect[3] < 8:
+            raise UserError(f"{where}.rect: x, y must be >= 0 and w, h >= 8, got {rect}")
+        if any(o.id == sid for o in slots):
+            raise UserError(f"{where}.id: duplicate slot id {sid!r}")
+        slots.append(SlotConfig(sid, tuple(rect)))
+
+    model = _build(ModelConfig, data.get("model", {}), "model")
+    model = ModelConfig(bundle=_resolve_path(base, model.bundle), threads=model.threads)
+    if model.threads < 1:
+        raise UserError(f"model.threads: must be >= 1, got {model.threads}")
+    bundle = Path(model.bundle)
+    if not (bundle / "bundle.json").is_file() or not (bundle / "model.tflite").is_file():
+        raise UserError(f"model.bundle: {bundle} is not a bundle folder (needs bundle.json and model.tflite)")
+
+    mqtt = _build(MqttConfig, data.get("mqtt", {}), "mqtt", skip=("password",))
+    scheme = urlparse(mqtt.url).scheme
+    if scheme not in ("mqtt", "mqtts") or not urlparse(mqtt.url).hostname:
+        raise UserError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {mqtt.url!r}")
+    if mqtt.ca_file:
+        ca = Path(_resolve_path(base, mqtt.ca_file))
+        if not ca.is_file():
+            raise UserError(f"mqtt.ca_file: {ca} does not exist")
+    if mqtt.spool_max_events < 1:
+        raise UserError(f"mqtt.spool_max_events: must be >= 1, got {mqtt.spool_max_events}")
+    _positive(mqtt.stats_interval_s, "mqtt.stats_interval_s")
+    mqtt = MqttConfig(
+        **{
+            **asdict(mqtt),
+            "spool": _resolve_path(base, mqtt.spool),
+            "ca_file": _resolve_path(base, mqtt.ca_file),
+            "password_file": _resolve_path(base, mqtt.password_file),
+            "client_id": mqtt.client_id or f"dishwatch-{camera.id}",
+            "password": _read_password(mqtt, base),
+        }
+    )
+
+    gate = _build(GateConfig, data.get("gate", {}), "gate")
+    for f in fields(GateConfig):
+        _positive(getattr(gate, f.name), f"gate.{f.name}")
+    snapshot = _build(SnapshotConfig, data.get("snapshot", {}), "snapshot")
+    if not 1 <= snapshot.jpeg_quality <= 100:
+        raise UserError(f"snapshot.jpeg_quality: must be 1..100, got {snapshot.jpeg_quality}")
+    health = _build(HealthConfig, data.get("health", {}), "health")
+    _positive(health.watchdog_max_stall_s, "health.watchdog_max_stall_s")
+    return Config(camera, tuple(slots), model, mqtt, gate, snapshot, health, str(path))
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{p}: not valid TOML ({exc})") from None
+    return parse(data, p)
+
+
+def cli_check(args) -> int:
+    """`python -m edge check-config FILE`: print the resolved config as JSON (secrets masked)."""
+    cfg = load(args.config)
+    json.dump(cfg.resolved(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
