@@ -26,7 +26,7 @@ $(VENV)/.edge: pyproject.toml $(VENV)/.created
 	touch $@
 
 $(VENV)/.full: pyproject.toml $(VENV)/.created
-	$(PIP) install --quiet -e ".[edge,train,dev]"
+	$(PIP) install --quiet -e ".[edge,train,features,dev]"
 	touch $@
 
 setup-edge: $(VENV)/.edge system-deps  ## the device's environment only (no TensorFlow)
