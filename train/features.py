@@ -1,0 +1,99 @@
+"""Patch-feature extractors for the feature-distance score methods (`effnet-knn`, `cae-knn`).
+
+Why a Keras model that ends in the patch grid: pooling, resizing and concatenation are then part of the network
+the device runs as int8 TFLite (all builtin ops), so the device only does the nearest-neighbour search in numpy
+and computes the same features that built the bank.
+
+PatchCore recipe: take two mid-level feature maps, average each over a 3x3 neighbourhood (a patch sees a little
+context), bring the deeper one to the shallower grid, concatenate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.knn import Bank, global_embedding, nn_distances
+from train.coreset import greedy_coreset
+
+log = logging.getLogger(__name__)
+
+EFFNET_TAPS = ("block4", "block10")  # strides 8 and 16: 28x28 and 14x14 grids at 224 px
+CAE_TAPS = ("enc1_down", "enc2_down")  # strides 4 and 8 of the Inception CAE's encoder
+
+
+def patch_feature_model(backbone, taps: tuple[str, ...], pool: int = 3, name: str = "patch_features"):
+    """Cut `backbone` at `taps` and return a model: image -> (h, w, D) locally pooled patch features."""
+    import keras
+    from keras import layers
+
+    outs = [backbone.get_layer(t).output for t in taps]
+    pooled = [
+        layers.AveragePooling2D(pool, strides=1, padding="same", name=f"{t}_pool")(o)
+        for t, o in zip(taps, outs, strict=True)
+    ]
+    h = int(pooled[0].shape[1])
+    grid = [pooled[0]]
+    for t, p in zip(taps[1:], pooled[1:], strict=True):
+        factor = h // int(p.shape[1])
+        grid.append(
+            p if factor == 1 else layers.UpSampling2D(factor, interpolation="bilinear", name=f"{t}_up")(p)
+        )
+    out = grid[0] if len(grid) == 1 else layers.Concatenate(name="patches")(grid)
+    return keras.Model(backbone.input, out, name=name)
+
+
+def effnet_feature_model(input_size: int = 224, taps: tuple[str, ...] = EFFNET_TAPS):
+    from train import effnet_lite0
+
+    backbone = effnet_lite0.pretrained(input_size, include_top=False, taps=taps)
+    layer_names = tuple(effnet_lite0.tap_layer_name(t) for t in taps)
+    return patch_feature_model(backbone, layer_names, name="effnet_lite0_patches")
+
+
+def cae_feature_model(cae, taps: tuple[str, ...] = CAE_TAPS):
+    return patch_feature_model(cae, taps, name="cae_patches")
+
+
+def extract(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Float images (N, S, S, 3) in [0, 1] -> patch features (N, h, w, D) float32."""
+    out = [np.asarray(model(images[i : i + batch], training=False)) for i in range(0, len(images), batch)]
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BankRecipe:
+    coreset_fraction: float = 0.01  # of all good training patches (PatchCore: 1 % did as well as 10 %)
+    min_patches: int = 256
+    max_patches: int = 20000  # caps the bank at a few MB whatever the data size
+    global_weight: float = 1.0
+    seed: int = 0
+
+
+def build_bank(train_feats: np.ndarray, val_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> Bank:
+    """Coreset bank from good training patches; scales from good validation crops (never test).
+
+    The scales make the patch and global terms comparable: each is divided by the median of its value on good
+    validation crops, so the combined score is "how many times further from good than a typical good crop".
+    """
+    d = train_feats.shape[-1]
+    patches = train_feats.reshape(-1, d)
+    n = int(np.clip(round(recipe.coreset_fraction * len(patches)), recipe.min_patches, recipe.max_patches))
+    keep = greedy_coreset(patches, n, seed=recipe.seed)
+    images = np.stack([global_embedding(f) for f in train_feats])
+    bank = Bank(patches=patches[keep], images=images, global_weight=recipe.global_weight)
+    if len(val_feats) == 0:
+        log.warning("no validation images: bank scales left at 1.0")
+        return bank
+    patch_val = [float(nn_distances(f.reshape(-1, d), bank.patches).max()) for f in val_feats]
+    image_val = nn_distances(np.stack([global_embedding(f) for f in val_feats]), images)
+    log.info("bank: %d of %d patches kept, dim %d", len(keep), len(patches), d)
+    return Bank(
+        patches=bank.patches,
+        images=images,
+        patch_scale=float(np.median(patch_val)) or 1.0,
+        image_scale=float(np.median(image_val)) or 1.0,
+        global_weight=recipe.global_weight,
+    )

@@ -1,0 +1,152 @@
+"""Fit the feature-distance score methods: `effnet-knn` (pretrained EfficientNet-Lite0) and `cae-knn` (the
+trained Inception CAE's encoder). "Fitting" is building the memory bank from good training crops and
+calibrating the threshold on good validation crops; no weights are trained.
+
+The run folder has the same contract as a CAE run (config.json with `input`, `score`, `threshold`,
+`calibration`; model.keras), plus bank.npz, so evaluate and convert treat both alike. The model here is the
+patch-feature network: image -> (h, w, D) feature grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import UserError
+from edge.knn import save_bank
+from edge.preprocess import InputSpec
+
+log = logging.getLogger(__name__)
+
+KNN_METHODS = ("effnet-knn", "cae-knn")
+
+
+@dataclass(frozen=True)
+class KnnFitConfig:
+    data: str
+    out: str
+    method: str = "effnet-knn"
+    image_size: int = 224  # effnet-knn: the backbone's native 224 px; cae-knn: the CAE run's size
+    cae_run: str = ""  # cae-knn: the trained CAE run folder
+    coreset_fraction: float = 0.01
+    global_weight: float = 1.0
+    target_fpr: float = 0.01
+    seed: int = 0
+
+    def validate(self) -> KnnFitConfig:
+        if self.method not in KNN_METHODS:
+            raise UserError(
+                f"--method {self.method!r}: not a feature-distance method ({', '.join(KNN_METHODS)})"
+            )
+        if self.method == "cae-knn" and not self.cae_run:
+            raise UserError("--cae-run: required with --method cae-knn (a trained CAE run folder)")
+        if not 0 < self.coreset_fraction <= 1:
+            raise UserError(f"--coreset {self.coreset_fraction}: must be in (0, 1]")
+        if self.image_size < 32 or self.image_size % 16:
+            raise UserError(f"--image-size {self.image_size}: must be a multiple of 16, at least 32")
+        return self
+
+
+def feature_model_for(fc: KnnFitConfig):
+    """(feature model, InputSpec, description) for the configured method."""
+    from train import features
+
+    if fc.method == "effnet-knn":
+        spec = InputSpec(height=fc.image_size, width=fc.image_size)
+        return features.effnet_feature_model(fc.image_size), spec, {"backbone": "efficientnet-lite0"}
+    from train.model import load_run
+
+    cae, cae_config = load_run(fc.cae_run)
+    spec = InputSpec.from_json(cae_config["input"])
+    return features.cae_feature_model(cae), spec, {"backbone": "inception-cae", "cae_run": str(fc.cae_run)}
+
+
+def fit_knn(fc: KnnFitConfig) -> dict:
+    """Build the bank and calibrate; writes RUN_DIR/{model.keras, bank.npz, config.json}. Returns config."""
+    fc.validate()
+    from train.calibrate import calibrate_threshold
+    from train.data import load_dataset, load_images
+    from train.features import BankRecipe, build_bank, extract
+    from train.fit import git_commit, library_versions, write_json
+
+    started = time.time()
+    dataset = load_dataset(fc.data)
+    train_s = [s for s in dataset.split("train") if not s.anomalous]
+    val_s = [s for s in dataset.split("val") if not s.anomalous]
+    if not train_s:
+        raise UserError(f"--data {fc.data}: no good training images found")
+    if not val_s:
+        raise UserError(
+            f"--data {fc.data}: no good validation images (need at least one held-out good image)"
+        )
+    out = Path(fc.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, spec, desc = feature_model_for(fc)
+    log.info("extracting %s features: %d train, %d val images", fc.method, len(train_s), len(val_s))
+    train_f = extract(model, load_images(train_s, spec))
+    val_f = extract(model, load_images(val_s, spec))
+    recipe = BankRecipe(coreset_fraction=fc.coreset_fraction, global_weight=fc.global_weight, seed=fc.seed)
+    bank = build_bank(train_f, val_f, recipe)
+    bank_meta = save_bank(out, bank)
+    val_scores = [bank.score(f, (spec.height, spec.width))[0] for f in val_f]
+    cal = calibrate_threshold(val_scores, target_fpr=fc.target_fpr)
+    model.save(out / "model.keras")
+    config = {
+        "format": 1,
+        "kind": "knn",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": asdict(fc),
+        "input": spec.to_json(),
+        "features": {**desc, "grid": list(train_f.shape[1:3]), "dim": int(train_f.shape[-1])},
+        "data": {
+            "path": str(Path(fc.data).resolve()),
+            "fingerprint": dataset.fingerprint(),
+            "layout": dataset.layout,
+            "n_train": len(train_s),
+            "n_val_good": len(val_s),
+        },
+        "seed": fc.seed,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "training": {"epochs_run": 0, "seconds": round(time.time() - started, 1)},
+        "score": {"method": fc.method, "params": {"bank": bank_meta, "sigma": 4.0}},
+        "threshold": cal["threshold"],
+        "calibration": cal,
+        "checkpoints": {"best": "model.keras"},
+    }
+    write_json(out / "config.json", config)
+    log.info(
+        "bank %d patches x %d dims (%.1f MB), threshold %.4g (%s, n=%d)",
+        bank_meta["patches"],
+        bank_meta["dim"],
+        bank_meta["bytes"] / 1e6,
+        cal["threshold"],
+        cal["rule"],
+        cal["n"],
+    )
+    return config
+
+
+def score_images(run_dir: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float-model scores and maps of a knn run on float images (N, S, S, 3) — the reference for parity."""
+    import json
+
+    import keras
+
+    from edge.knn import load_bank
+    from train.features import extract
+
+    run = Path(run_dir)
+    config = json.loads((run / "config.json").read_text())
+    params = config["score"]["params"]
+    bank = load_bank(run, params["bank"])
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    feats = extract(model, images)
+    hw = images.shape[1:3]
+    pairs = [bank.score(f, hw, sigma=params.get("sigma", 4.0)) for f in feats]
+    return np.array([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
