@@ -21,6 +21,7 @@ def build_parser() -> OneLineParser:
 
     r = sub.add_parser("run", help="the daemon")
     r.add_argument("--config", required=True, help="TOML config file")
+    r.add_argument("--print-events", action="store_true", help="print each event as one JSON line on stdout")
     r.set_defaults(handler="edge.daemon:cli_main")
 
     c = sub.add_parser("check-config", help="validate a config and print it resolved (exit 0 ok, 2 bad)")
@@ -32,6 +33,15 @@ def build_parser() -> OneLineParser:
     k.add_argument("--out", required=True, help="output video (.mp4 or .avi)")
     k.add_argument("--timeline", required=True, help="output timeline JSON")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--size", default="1280x720", help="frame size WxH (default 1280x720)")
+    k.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
+    k.add_argument("--slots", type=int, default=2, help="slots on the pass, 1-4 (default 2)")
+    k.add_argument("--plates", type=int, default=6, help="plates served (default 6)")
+    k.add_argument("--rest", type=float, default=4.0, help="seconds a plate rests in its slot (default 4)")
+    k.add_argument("--gap", type=float, default=1.5, help="empty seconds between a slot's plates")
+    k.add_argument("--lead-in", type=float, default=1.5, help="empty seconds at the start (default 1.5)")
+    k.add_argument("--defect", help="use only this defect for the anomalous plates (default: all)")
+    k.add_argument("--shape", choices=["square", "circle"], default="square", help="how plates are cut")
     k.set_defaults(handler="edge.clip:cli_main")
     return p
 

@@ -50,7 +50,7 @@ class SlotConfig:
 class GateConfig:
     """When a slot counts as changed, moving and still. Defaults suit a 15 fps camera."""
 
-    diff_threshold: float = 25.0  # grey-level difference that counts a pixel as changed (0-255)
+    diff_threshold: float = 25.0  # difference in any colour channel that counts a pixel as changed (0-255)
     changed_fraction: float = (
         0.02  # fraction of changed pixels against the empty reference = something is there
     )
@@ -59,6 +59,7 @@ class GateConfig:
     empty_seconds: float = 1.0  # back to the empty reference this long = empty
     background_alpha: float = 0.02  # how fast the empty reference follows slow light changes while empty
     analysis_width: int = 96  # slots are compared downscaled to this width (cheap gating)
+    rescore_fraction: float = 0.15  # a held dish that settles this changed is scored again (swapped)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
             raise UserError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
 
     cam_t = dict(data.get("camera", {})) if isinstance(data.get("camera", {}), dict) else data["camera"]
-    camera = _build(CameraConfig, cam_t, "camera", skip=("source",))
+    no_src = {k: v for k, v in cam_t.items() if k != "source"} if isinstance(cam_t, dict) else cam_t
+    camera = _build(CameraConfig, no_src, "camera")
     if "source" in cam_t:
         camera = CameraConfig(**{**asdict(camera), "source": _camera_source(cam_t["source"], base)})
     if not ID_RE.match(camera.id):

@@ -7,6 +7,8 @@ set -euo pipefail
 declare -A NEED=(
   [mosquitto]=mosquitto
   [mosquitto_sub]=mosquitto-clients
+  [sshd]=openssh-server    # the deploy tests run a real sshd on a loopback port
+  [ssh]=openssh-client     # make deploy, and ssh-keygen for the tests' throwaway keys
 )
 
 missing=()

@@ -11,6 +11,9 @@ import pytest
 
 from tests.broker import Broker
 
+# session fixtures tiny_dataset / tiny_run / tiny_bundle (real synth -> fit -> convert)
+pytest_plugins = ["tests.model_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -35,6 +35,19 @@ def build_parser() -> OneLineParser:
     f.add_argument("--batch-size", type=int, default=64)
     f.add_argument("--image-size", type=int, default=128)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--config", default="seed", help="architecture: seed (default), half, quarter")
+    f.add_argument("--filters", help="override the per-level filters, e.g. 8,8,16 (depth = count)")
+    f.add_argument("--bn-momentum", type=float, help="BatchNorm moving-average momentum (default 0.99)")
+    f.add_argument("--loss", default="mse", choices=["mse", "ssim", "mse+ssim"])
+    f.add_argument("--learning-rate", type=float, default=1e-3)
+    f.add_argument(
+        "--score", default="local", choices=["local", "mse", "ssim"], help="score method (default local)"
+    )
+    f.add_argument(
+        "--target-fpr", type=float, default=0.01, help="threshold's false-positive rate on val good"
+    )
+    f.add_argument("--no-augment", action="store_true", help="train without shift/turn/light augmentation")
+    f.add_argument("--jit", action="store_true", help="compile the train step with XLA (jit_compile=True)")
     f.set_defaults(handler="train.fit:cli_main")
 
     e = sub.add_parser("evaluate", help="score the test split; write metrics JSON and an HTML report")
@@ -42,6 +55,9 @@ def build_parser() -> OneLineParser:
     e.add_argument("--data", required=True, help="dataset folder")
     e.add_argument("--json", dest="json_out", help="write the metrics JSON here")
     e.add_argument("--report", help="write the report folder here (index.html, plots)")
+    e.add_argument(
+        "--methods", help="also evaluate these score methods, e.g. mse,ssim,local (a `methods` table)"
+    )
     e.set_defaults(handler="train.evaluate:cli_main")
     return p
 

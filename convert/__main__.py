@@ -1,0 +1,51 @@
+"""`python -m convert --model RUN_DIR --data DIR --out BUNDLE_DIR [--quant int8|float16|float32]`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from edge.cli import OneLineParser, run_main, setup_logging
+
+
+def build_parser() -> OneLineParser:
+    from convert.tflite import DEFAULT_REPRESENTATIVE, IO_TYPES, QUANTS
+
+    p = OneLineParser(
+        prog="python -m convert",
+        description="convert a training run to a quantized TFLite bundle (model.tflite + bundle.json)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--model", required=True, help="training run folder (model.keras + config.json)")
+    p.add_argument(
+        "--data", required=True, help="dataset folder (representative, calibration and test images)"
+    )
+    p.add_argument(
+        "--out", required=True, help="bundle folder to write (replaced atomically when it is a bundle)"
+    )
+    p.add_argument("--quant", default="int8", choices=QUANTS, help="int8 (default), float16 or float32")
+    p.add_argument("--io", default="uint8", choices=IO_TYPES, help="int8 only: input/output tensor type")
+    p.add_argument(
+        "--representative",
+        type=int,
+        default=DEFAULT_REPRESENTATIVE,
+        help=f"int8 only: calibration images drawn from train (default {DEFAULT_REPRESENTATIVE})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the representative draw and augmentation")
+    p.add_argument("--name", help="bundle name (default: the --out folder's name)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from convert.bundle_writer import build_bundle
+    from convert.tflite import ConvertOptions
+
+    opts = ConvertOptions(quant=args.quant, io=args.io, representative=args.representative, seed=args.seed)
+    build_bundle(args.model, args.data, args.out, opts.validate(), name=args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="python -m convert"))

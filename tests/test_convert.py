@@ -1,0 +1,259 @@
+"""`python -m convert`: the bundle it writes, that its numbers are the .tflite's own, and parity with Keras.
+
+The run and the int8 bundle are the session fixtures (real synth -> fit -> convert, tests/model_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.parity import parity_report, spearman
+from edge import scoring
+from edge.bundle import sha256_file
+from edge.interpreter import load_interpreter
+from edge.preprocess import InputSpec, preprocess, read_image
+from edge.scorer import Scorer
+from tests.conftest import assert_one_line_error, run_cli
+
+DESIGN_METRIC_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "f1",
+    "precision",
+    "recall",
+    "threshold",
+    "n_good",
+    "n_anomalous",
+    "per_defect",
+    "score_method",
+    "model",
+}
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def float_model(tiny_run):
+    from train.model import load_run
+
+    return load_run(tiny_run)
+
+
+def _float_decision(float_model, bgr: np.ndarray) -> tuple[float, float]:
+    """(score, threshold) of the float Keras model of the run, scored by the shared edge.scoring."""
+    model, config = float_model
+    x = preprocess(bgr, InputSpec.from_json(config["input"]))
+    recon = model.predict(x[None], verbose=0)[0]
+    score, _ = scoring.score_reconstruction(x, recon, config["score"]["method"], config["score"]["params"])
+    return score, float(config["threshold"])
+
+
+def _images(dataset, sub: str):
+    return sorted(p for p in (dataset / sub).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def test_bundle_json_is_complete_and_describes_this_model(tiny_bundle, tiny_run):
+    b = _json(tiny_bundle / "bundle.json")
+    assert b["format"] == 1 and isinstance(b["format"], int)
+    assert b["name"] == "tiny" and b["created"].endswith("Z")
+    assert b["sha256"] == sha256_file(tiny_bundle / "model.tflite")
+    config = _json(tiny_run / "config.json")
+    assert {k: b["input"][k] for k in config["input"]} == config["input"]
+    # uint8 in and out; input scale pinned to 1/255, zero point 0, so camera bytes go straight in
+    assert b["input"]["dtype"] == "uint8" and b["output"]["dtype"] == "uint8"
+    assert b["input"]["quantization"]["scale"] == pytest.approx(1 / 255, rel=1e-6)
+    assert b["input"]["quantization"]["zero_point"] == 0
+    assert b["quantization"]["type"] == "int8"
+    assert b["score"] == {
+        "method": config["score"]["method"],
+        "params": scoring.resolve_params(config["score"]["method"], config["score"]["params"]),
+    }
+    assert DESIGN_METRIC_KEYS <= set(b["metrics"])
+    assert b["metrics"]["threshold"] == b["threshold"]
+    assert b["training"]["epochs"] == config["training"]["epochs_run"]
+    assert b["training"]["data_fingerprint"] == config["data"]["fingerprint"]
+    assert b["training"]["versions"]["convert"]["tensorflow"]
+    assert _json(tiny_bundle / "parity.json") == b["parity"]
+    assert not list(tiny_bundle.parent.glob(".*partial*"))  # no staging left behind
+
+
+def test_model_is_full_integer_with_builtin_ops(tiny_bundle):
+    interp = load_interpreter(tiny_bundle / "model.tflite", threads=1)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert list(inp["shape"]) == [1, 32, 32, 3] and list(out["shape"]) == [1, 32, 32, 3]
+    dtypes = {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    assert dtypes <= {"uint8", "int8", "int32"}, dtypes  # no float tensor anywhere: fully quantized
+    ops = {op["op_name"] for op in interp._get_ops_details()}
+    assert "CONV_2D" in ops and not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
+
+
+def test_threshold_recalibrated_on_the_converted_models_val_scores(tiny_bundle, tiny_dataset):
+    """Recompute the calibration independently: score the held-out good val images with the device scorer."""
+    from train.calibrate import calibrate_threshold
+    from train.data import load_dataset
+
+    b = _json(tiny_bundle / "bundle.json")
+    val_good = [s for s in load_dataset(tiny_dataset).split("val") if not s.anomalous]
+    scorer = Scorer(tiny_bundle, threads=1)
+    scores = [scorer.score(read_image(s.path)).score for s in val_good]
+    cal = calibrate_threshold(scores, target_fpr=b["calibration"]["target_fpr"])
+    assert b["calibration"]["n"] == len(val_good)
+    assert b["calibration"]["on"] == "converted model"
+    assert b["threshold"] == pytest.approx(cal["threshold"], rel=1e-6)
+    assert b["calibration"]["rule"] == cal["rule"]
+
+
+def test_bundle_metrics_are_the_evaluate_output_of_this_tflite(tiny_bundle, tiny_dataset, tmp_path):
+    proc = run_cli(
+        "train",
+        "evaluate",
+        "--model",
+        str(tiny_bundle),
+        "--data",
+        str(tiny_dataset),
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = _json(tmp_path / "m.json")
+    stored = _json(tiny_bundle / "bundle.json")["metrics"]
+    for key in ("image_auroc", "pixel_auroc", "f1", "threshold", "n_good", "n_anomalous", "confusion"):
+        assert evaluated[key] == stored[key], key
+
+
+def test_parity_report_matches_an_independent_float_evaluation(tiny_bundle, tiny_run, tiny_dataset, tmp_path):
+    parity = _json(tiny_bundle / "parity.json")
+    proc = run_cli(
+        "train",
+        "evaluate",
+        "--model",
+        str(tiny_run),
+        "--data",
+        str(tiny_dataset),
+        "--json",
+        str(tmp_path / "f.json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert parity["image_auroc_float"] == pytest.approx(_json(tmp_path / "f.json")["image_auroc"], abs=1e-6)
+    assert parity["image_auroc_quant"] == _json(tiny_bundle / "bundle.json")["metrics"]["image_auroc"]
+    assert parity["auroc_delta"] == pytest.approx(
+        parity["image_auroc_quant"] - parity["image_auroc_float"], abs=1e-5
+    )
+    assert parity["score_spearman"] > 0.9  # quantization keeps the ranking of dishes
+    assert 0 < parity["recon_mean_abs_diff"] < 0.05  # a few int8 steps, not a broken model
+    assert parity["attempts"] and parity["attempts"][0]["quantization"]["type"] == "int8"
+
+
+def test_same_decision_as_the_float_model_on_clear_cases(tiny_bundle, float_model, tiny_dataset):
+    scorer = Scorer(tiny_bundle, threads=1)
+    goods = [read_image(p) for p in _images(tiny_dataset, "test/good")]
+    float_scores = [_float_decision(float_model, g) for g in goods]
+    good = goods[int(np.argmin([s for s, _ in float_scores]))]  # the clearest good dish
+    defect = good.copy()
+    h, w = defect.shape[:2]
+    cv2.rectangle(defect, (w // 4, h // 4), (w // 2, h // 2), (255, 0, 255), -1)  # a large magenta object
+    for img, expected in ((good, False), (defect, True)):
+        f_score, f_threshold = _float_decision(float_model, img)
+        assert (f_score > f_threshold) == expected, (
+            "precondition: the float model itself gets this clear case right"
+        )
+        r = scorer.score(img)
+        assert r.anomalous == expected, (r.score, r.threshold, f_score, f_threshold)
+
+
+def test_float32_conversion_reproduces_keras_scores(tiny_run, float_model, tiny_dataset, tmp_path):
+    """The SavedModel export route keeps the weights: a float32 .tflite scores like Keras to float precision."""
+    out = tmp_path / "f32"
+    proc = run_cli(
+        "convert",
+        "--model",
+        str(tiny_run),
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--quant",
+        "float32",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    b = _json(out / "bundle.json")
+    assert b["quantization"]["type"] == "float32" and b["input"]["dtype"] == "float32"
+    assert b["parity"]["recon_mean_abs_diff"] < 1e-4
+    assert b["parity"]["score_spearman"] > 0.999
+    scorer = Scorer(out, threads=1)
+    img = read_image(_images(tiny_dataset, "test/good")[0])
+    assert scorer.score(img).score == pytest.approx(_float_decision(float_model, img)[0], rel=1e-3)
+    # converting again over an existing bundle replaces it atomically
+    proc = run_cli(
+        "convert",
+        "--model",
+        str(tiny_run),
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--quant",
+        "float16",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _json(out / "bundle.json")["quantization"]["type"] == "float16"
+    Scorer(out)
+
+
+def test_convert_errors_are_one_line(tiny_run, tiny_dataset, tmp_path):
+    assert_one_line_error(
+        run_cli(
+            "convert",
+            "--model",
+            str(tmp_path / "none"),
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "b"),
+        ),
+        "run folder not found",
+    )
+    assert_one_line_error(
+        run_cli(
+            "convert",
+            "--model",
+            str(tiny_run),
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "b"),
+            "--quant",
+            "int4",
+        ),
+        "--quant",
+    )
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    proc = run_cli("convert", "--model", str(tiny_run), "--data", str(tiny_dataset), "--out", str(busy))
+    assert_one_line_error(proc, str(busy), "refusing to overwrite")
+    assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_parity_numbers():
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    f = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    recon = np.zeros((6, 4, 4, 3), np.float32)
+    same = parity_report(y, f, f, recon, recon)
+    assert (
+        same["auroc_delta"] == 0 and same["within_tolerance"] and same["score_spearman"] == pytest.approx(1.0)
+    )
+    swapped = f.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]  # one good and one anomalous trade places
+    worse = parity_report(y, f, swapped, recon, recon + 0.25)
+    assert worse["image_auroc_quant"] == pytest.approx(8 / 9)
+    assert worse["auroc_loss"] == pytest.approx(1 / 9, abs=1e-6) and worse["within_tolerance"] is False
+    assert worse["recon_mean_abs_diff"] == pytest.approx(0.25)
+    assert spearman(f, -f) == pytest.approx(-1.0)
+    assert spearman(f, np.ones(6)) is None

@@ -1,0 +1,312 @@
+"""End to end on a tiny problem: fit -> config.json -> evaluate -> JSON + report, plus the CLI's one-line errors.
+
+Good dishes are smooth plates; the defect is a bright square (with its mask). One tiny run (32 px, depth 3,
+5 epochs) is trained once for the module and reused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+SIZE = 32
+FIT_ARGS = [
+    "--epochs", "5", "--batch-size", "8", "--image-size", str(SIZE), "--filters", "8,8,16", "--seed", "1",
+    "--bn-momentum", "0.8",
+]  # fmt: skip
+
+
+def _plate(rng: np.random.Generator) -> np.ndarray:
+    """A smooth 'plate': grey table, a tinted disc, one soft food blob (BGR uint8)."""
+    img = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    tint = rng.integers(150, 210, size=3).tolist()
+    cv2.circle(img, (16 + int(rng.integers(-2, 3)), 16 + int(rng.integers(-2, 3))), 13, tint, -1)
+    food = rng.integers(60, 140, size=3).tolist()
+    cv2.circle(img, (16 + int(rng.integers(-3, 4)), 16 + int(rng.integers(-3, 4))), 6, food, -1)
+    return cv2.GaussianBlur(img, (5, 5), 1.2)
+
+
+def make_dataset(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for sub in ("train/good", "test/good", "test/bright_square", "ground_truth/bright_square"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), _plate(rng))
+    for i in range(n_test):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), _plate(rng))
+        img = _plate(rng)
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        x, y = (int(v) for v in rng.integers(6, 20, size=2))
+        img[y : y + 6, x : x + 6] = 255
+        mask[y : y + 6, x : x + 6] = 255
+        cv2.imwrite(str(root / "test/bright_square" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(root / "ground_truth/bright_square" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("plates"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    proc = run_cli("train", "fit", "--data", str(data_dir), "--out", str(out), *FIT_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir, data_dir, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("eval")
+    proc = run_cli(
+        "train",
+        "evaluate",
+        "--model",
+        str(run_dir),
+        "--data",
+        str(data_dir),
+        "--json",
+        str(out / "metrics.json"),
+        "--report",
+        str(out / "report"),
+        "--methods",
+        "mse,ssim,local",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[0])["score_method"] == "local"
+    return json.loads((out / "metrics.json").read_text()), out / "report"
+
+
+def test_fit_writes_checkpoints_history_and_tensorboard(run_dir):
+    for name in ("model.keras", "last.keras", "history.csv", "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert any(p.is_file() for p in (run_dir / "tb").rglob("*")), "no TensorBoard event files"
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert len(rows) == 5
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.7 * losses[0], losses  # the training loss falls
+    assert "val_loss" in rows[0]
+
+
+def test_config_json_has_what_reproduction_needs(run_dir, data_dir):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["args"]["epochs"] == 5 and cfg["args"]["batch_size"] == 8 and cfg["seed"] == 1
+    assert (
+        cfg["cae"]["filters"] == [8, 8, 16] and cfg["cae"]["input_size"] == SIZE and cfg["cae"]["depth"] == 3
+    )
+    assert cfg["input"] == {
+        "height": SIZE,
+        "width": SIZE,
+        "channels": 3,
+        "colour_order": "RGB",
+        "scaling": "unit",
+    }
+    assert cfg["data"]["path"] == str(data_dir.resolve()) and len(cfg["data"]["fingerprint"]) >= 8
+    assert cfg["data"]["n_train"] + cfg["data"]["n_val_good"] == 40 and cfg["data"]["n_val_good"] >= 1
+    assert {"tensorflow", "keras", "numpy", "opencv", "python"} <= set(cfg["versions"])
+    assert "git_commit" in cfg
+    assert cfg["score"]["method"] == "local" and cfg["score"]["params"]["topk"] == 0.01
+    cal = cfg["calibration"]
+    assert cal["rule"] == "max_margin" and cal["n"] == cfg["data"]["n_val_good"] and cal["target_fpr"] == 0.01
+    assert cfg["threshold"] == pytest.approx(cal["val_score_max"] * 1.1)
+    assert set(cfg["scores_by_method"]) == {"mse", "ssim", "local"}
+    assert cfg["training"]["epochs_run"] == 5 and cfg["training"]["interrupted"] is False
+    assert 1 <= cfg["training"]["best_epoch"] <= 5
+
+
+def test_load_run_gives_the_best_checkpoint(run_dir):
+    from train.model import load_run
+
+    model, cfg = load_run(run_dir)
+    assert model.input_shape == (None, SIZE, SIZE, 3) and cfg["checkpoints"]["best"] == "model.keras"
+
+
+def test_evaluate_separates_the_obvious_defect(evaluated):
+    m, _ = evaluated
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "f1",
+        "precision",
+        "recall",
+        "threshold",
+        "n_good",
+        "n_anomalous",
+    ):
+        assert key in m, key
+    assert m["score_method"] == "local" and "tiny" in m["model"]
+    assert m["n_good"] == 12 and m["n_anomalous"] == 12
+    assert m["image_auroc"] > 0.9, m
+    assert m["pixel_auroc"] > 0.8, m
+    assert m["per_defect"]["bright_square"]["n"] == 12
+    assert m["per_defect"]["bright_square"]["auroc"] == m["image_auroc"]  # one defect: same comparison
+    assert set(m["methods"]) == {"mse", "ssim", "local"}
+    assert m["methods"]["local"]["image_auroc"] == m["image_auroc"]
+
+
+def test_report_files(evaluated):
+    m, report = evaluated
+    for name in ("index.html", "roc.png", "histograms.png", "cases.png"):
+        assert (report / name).stat().st_size > 1000, name
+    page = (report / "index.html").read_text()
+    assert "bright_square" in page and 'src="cases.png"' in page and "<script" not in page
+
+
+def test_evaluate_scores_core_from_given_scores(data_dir):
+    """The bundle path supplies scores and maps only; the core computes everything from them."""
+    from train.data import load_dataset
+    from train.evaluate import evaluate_scores
+
+    test = load_dataset(data_dir).split("test")
+    labels = np.array([s.anomalous for s in test])
+    scores = labels * 1.0 + np.linspace(0, 0.1, len(test))
+    maps = np.zeros((len(test), SIZE, SIZE), np.float32)
+    r = evaluate_scores(test, scores, maps, threshold=0.5, score_method="mse", model_name="hand")
+    assert r["image_auroc"] == 1.0 and r["f1"] == 1.0 and r["pixel_auroc"] == 0.5  # flat maps: all tied
+    assert r["confusion"] == {"tp": 12, "fp": 0, "fn": 0, "tn": 12}
+    r2 = evaluate_scores(test, scores, None, threshold=1.05, score_method="mse", model_name="hand")
+    assert r2["pixel_auroc"] is None and r2["recall"] < 1.0
+
+
+def test_ctrl_c_leaves_a_usable_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [*FIT_ARGS[2:]]  # drop --epochs 5
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "fit",
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "1000",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    hist = out / "history.csv"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if hist.exists() and len(hist.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted after" in err.splitlines()[-1]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["interrupted"] is True and cfg["threshold"] > 0
+    from train.model import load_run
+
+    load_run(out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--image-size", "36", "--filters", "8,8,16"], "--image-size 36"),
+        (["--filters", "8,x"], "--filters"),
+        (["--config", "huge"], "--config"),
+    ],
+)
+def test_fit_bad_args_are_one_line_errors(data_dir, tmp_path, extra, needle):
+    proc = run_cli("train", "fit", "--data", str(data_dir), "--out", str(tmp_path / "r"), *extra)
+    assert_one_line_error(proc, needle)
+
+
+def test_fit_without_training_images_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
+    proc = run_cli("train", "fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc)
+
+
+def test_evaluate_bad_model_dir_is_a_one_line_error(data_dir, tmp_path):
+    proc = run_cli("train", "evaluate", "--model", str(tmp_path), "--data", str(data_dir))
+    assert_one_line_error(proc, str(tmp_path))
+
+
+def test_evaluate_unknown_method_is_a_one_line_error(run_dir, data_dir):
+    proc = run_cli("train", "evaluate", "--model", str(run_dir), "--data", str(data_dir), "--methods", "psnr")
+    assert_one_line_error(proc, "psnr")
+
+
+def test_evaluate_a_bundle_uses_the_device_scorer(run_dir, data_dir, tmp_path):
+    """BUNDLE_DIR path: the int8 .tflite scored by edge.scorer gives the same report keys and still separates."""
+    bundle = tmp_path / "bundle"
+    proc = run_cli("convert", "--model", str(run_dir), "--data", str(data_dir), "--out", str(bundle))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(
+        "train",
+        "evaluate",
+        "--model",
+        str(bundle),
+        "--data",
+        str(data_dir),
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert "tflite" in m["model"] and m["score_method"] == "local"
+    assert m["image_auroc"] > 0.9 and m["pixel_auroc"] is not None
+    assert m["threshold"] == json.loads((bundle / "bundle.json").read_text())["threshold"]
+
+
+def test_evaluate_recalibrates_methods_missing_from_an_older_config(run_dir, data_dir, tmp_path):
+    """A run without per-method thresholds: evaluate calibrates them on val (same rule), never on test."""
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("tb"))
+    cfg = json.loads((old / "config.json").read_text())
+    expected = cfg.pop("scores_by_method")["mse"]["threshold"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    proc = run_cli("train", "evaluate", "--model", str(old), "--data", str(data_dir), "--methods", "mse")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    mse = next(r for r in rows if r.get("method") == "mse")
+    assert mse["threshold"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_evaluate_on_the_synthetic_generator_output(run_dir, tmp_path):
+    """The generator's tiny preset (nested dish folders, 8 defect types, masks): every defect gets a row."""
+    data = tmp_path / "synth"
+    proc = run_cli(
+        "train", "synth", "--preset", "tiny", "--out", str(data), "--size", str(SIZE), "--seed", "3"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defects = sorted(p.name for p in (data / "test").iterdir() if p.name != "good")
+    proc = run_cli(
+        "train", "evaluate", "--model", str(run_dir), "--data", str(data), "--json", str(tmp_path / "m.json"),
+        "--report", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert sorted(m["per_defect"]) == defects and len(defects) >= 2
+    assert sum(v["n"] for v in m["per_defect"].values()) == m["n_anomalous"]
+    assert 0.0 <= m["image_auroc"] <= 1.0 and m["pixel_auroc"] is not None
+    assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000

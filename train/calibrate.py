@@ -1,0 +1,75 @@
+"""The alert threshold, chosen on held-out good images only (never on test images).
+
+Rule (also in the README, "Training and evaluation"):
+
+- Target: a false-positive rate `target_fpr` on good dishes (default 1 %).
+- Large validation set, n >= ceil(1 / target_fpr) (n >= 100 for 1 %): the threshold is the empirical
+  (1 - target_fpr) quantile of the validation scores, taken as an order statistic so that at most
+  floor(target_fpr * n) validation scores lie above it (rule ``quantile``).
+- Small validation set (n < ceil(1 / target_fpr)): that quantile lies beyond the largest observation and cannot be
+  estimated, so the threshold is max(validation scores) * (1 + margin), margin = 0.10 by default (rule
+  ``max_margin``). Why this and not a Gaussian fit: reconstruction scores are right-skewed and a normal tail
+  under-estimates them; the largest good score is the one number a small set does measure, and the margin covers
+  the next, unseen good dish. Every score here is non-negative, so a relative margin is well defined.
+- When labelled anomalies exist outside the test split, the F1-optimal threshold on them is reported as well
+  (``f1_optimal``), for information; the alert threshold stays the FPR rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from edge.errors import UserError
+from train.metrics import best_f1_threshold
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET_FPR = 0.01
+DEFAULT_MARGIN = 0.10
+
+
+def calibrate_threshold(
+    good_scores,
+    target_fpr: float = DEFAULT_TARGET_FPR,
+    margin: float = DEFAULT_MARGIN,
+    anomalous_scores=None,
+) -> dict:
+    """Threshold for `score > threshold` => anomaly, plus how it was chosen (stored in config.json / bundle.json)."""
+    s = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
+    n = int(s.size)
+    if n == 0:
+        raise UserError("calibration: no held-out good images (the validation split is empty)")
+    if not np.all(np.isfinite(s)):
+        raise UserError("calibration: non-finite scores on the validation images (did training diverge?)")
+    if not 0 < target_fpr < 1:
+        raise UserError(f"calibration: target_fpr must be in (0, 1), got {target_fpr}")
+    n_needed = math.ceil(1.0 / target_fpr - 1e-9)
+    if n >= n_needed:
+        rule = "quantile"
+        allowed_above = int(math.floor(target_fpr * n + 1e-9))
+        threshold = float(s[n - 1 - allowed_above])
+    else:
+        rule = "max_margin"
+        threshold = float(s[-1] * (1.0 + margin))
+    info = {
+        "threshold": threshold,
+        "rule": rule,
+        "n": n,
+        "n_needed_for_quantile": n_needed,
+        "target_fpr": target_fpr,
+        "margin": margin if rule == "max_margin" else None,
+        "val_fpr": float(np.mean(s > threshold)),
+        "val_score_min": float(s[0]),
+        "val_score_median": float(np.median(s)),
+        "val_score_max": float(s[-1]),
+        "split": "val",
+    }
+    if anomalous_scores is not None and len(anomalous_scores):
+        a = np.asarray(anomalous_scores, dtype=np.float64).ravel()
+        t, f1 = best_f1_threshold(np.r_[s, a], np.r_[np.zeros(n, bool), np.ones(a.size, bool)])
+        info["f1_optimal"] = {"threshold": t, "f1": f1, "n_anomalous": int(a.size)}
+    log.info("threshold %.6g (%s, n=%d, target fpr %.3g)", threshold, rule, n, target_fpr)
+    return info

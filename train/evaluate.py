@@ -1,0 +1,222 @@
+"""`python -m train evaluate`: score the test split with a run (Keras) or a bundle (TFLite) and report metrics.
+
+Why the core works from scores and maps (`evaluate_scores`): the Keras run and the deployed .tflite must be judged
+by the same code, and the bundle's numbers come from the device's own scorer; only where scores come from differs.
+The threshold is never tuned here: it comes from the run/bundle (calibrated on validation images in training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge import scoring
+from edge.errors import UserError
+from edge.preprocess import InputSpec
+from train import metrics
+from train.calibrate import DEFAULT_TARGET_FPR
+
+log = logging.getLogger(__name__)
+
+PREDICT_BATCH = 32
+
+
+def _round(v):
+    return None if v is None else round(float(v), 6)
+
+
+def load_masks(samples: Sequence, shape: tuple[int, int]) -> np.ndarray | None:
+    """Bool (N, H, W) ground truth at the maps' resolution; None when no anomalous test image has a mask."""
+    if not any(s.anomalous and s.mask is not None for s in samples):
+        return None
+    from train.data import read_mask
+
+    return np.stack([read_mask(s, shape) for s in samples]).astype(bool)
+
+
+def evaluate_scores(
+    samples: Sequence,
+    scores,
+    maps: np.ndarray | None,
+    threshold: float,
+    score_method: str,
+    model_name: str,
+    masks: np.ndarray | None = None,
+) -> dict:
+    """Metrics of one score method on the test samples (DESIGN §3 keys plus confusion counts and per-defect recall).
+
+    `masks` defaults to the samples' ground-truth masks read at the maps' resolution.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if len(samples) != s.size:
+        raise ValueError(f"{len(samples)} samples but {s.size} scores")
+    labels = np.array([smp.anomalous for smp in samples], dtype=bool)
+    if masks is None and maps is not None and len(maps):
+        masks = load_masks(samples, maps.shape[1:3])
+    at = metrics.precision_recall_f1(s, labels, threshold)
+    good = ~labels
+    per_defect = {}
+    for name in sorted({smp.defect for smp in samples if smp.anomalous}):
+        sel = np.array([smp.defect == name for smp in samples])
+        sub = sel | good
+        per_defect[name] = {
+            "auroc": _round(metrics.auroc(s[sub], labels[sub])),
+            "n": int(sel.sum()),
+            "recall": _round(np.mean(s[sel] > threshold)),
+            "mean_score": _round(s[sel].mean()),
+        }
+    return {
+        "image_auroc": _round(metrics.auroc(s, labels)),
+        "pixel_auroc": _round(metrics.pixel_auroc(maps, masks)) if masks is not None else None,
+        "f1": _round(at["f1"]),
+        "precision": _round(at["precision"]),
+        "recall": _round(at["recall"]),
+        "fpr": _round(at["fpr"]),
+        "threshold": float(threshold),
+        "n_good": int(good.sum()),
+        "n_anomalous": int(labels.sum()),
+        "confusion": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
+        "per_defect": per_defect,
+        "score_method": score_method,
+        "model": model_name,
+    }
+
+
+def _method_list(text: str | None, primary: str) -> list[str]:
+    methods = [primary]
+    for m in (text or "").split(","):
+        m = m.strip()
+        if not m:
+            continue
+        scoring.resolve_params(m)  # one-line error for an unknown method
+        if m not in methods:
+            methods.append(m)
+    return methods
+
+
+def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
+    """Keras path: (samples, images, {method: (scores, maps, threshold, params)}, model name, input spec)."""
+    from train.data import load_dataset, load_images
+    from train.model import load_run
+
+    model, config = load_run(run_dir)
+    try:
+        spec = InputSpec.from_json(config["input"])
+        primary = config["score"]["method"]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"{run_dir / 'config.json'}: missing `input` or `score` (not written by train fit?)"
+        ) from None
+    methods = _method_list(methods_arg, primary)
+    dataset = load_dataset(data)
+    test = dataset.split("test")
+    if not test:
+        raise UserError(f"--data {data}: no test images")
+    x = load_images(test, spec)
+    recon = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+    known = config.get("scores_by_method", {})
+    recalibrated = None
+    results = {}
+    for m in methods:
+        if m == primary:
+            params, threshold = config["score"]["params"], float(config["threshold"])
+        elif m in known:
+            params, threshold = known[m]["params"], float(known[m]["threshold"])
+        else:  # a run from before per-method calibration: calibrate now, on validation images only
+            if recalibrated is None:
+                from train.fit import calibrate_all_methods
+
+                val_x = load_images([v for v in dataset.split("val") if not v.anomalous], spec)
+                target = float(config.get("calibration", {}).get("target_fpr", DEFAULT_TARGET_FPR))
+                recalibrated = calibrate_all_methods(model, val_x, None, target)
+            params, threshold = recalibrated[m]["params"], recalibrated[m]["threshold"]
+        scores, maps = scoring.score_batch(x, recon, m, params)
+        results[m] = (scores, maps, threshold, params)
+    name = f"{Path(run_dir).resolve().name} ({config.get('cae', {}).get('name', '?')}, keras)"
+    return test, x, results, name, spec, primary
+
+
+def _bundle_scores(bundle_dir: Path, data: str, methods_arg: str | None):
+    """TFLite path: the device's own scorer (edge.scorer) supplies scores and residual maps."""
+    from edge.preprocess import preprocess, read_image
+    from edge.scorer import Scorer
+    from train.data import load_dataset
+
+    scorer = Scorer(bundle_dir, threads=2)
+    b = scorer.bundle
+    primary = b.score_method
+    if _method_list(methods_arg, primary) != [primary]:
+        log.warning("a bundle is scored with its own method (%s) only; ignoring --methods", primary)
+    dataset = load_dataset(data)
+    test = dataset.split("test")
+    if not test:
+        raise UserError(f"--data {data}: no test images")
+    bgr = [read_image(s.path) for s in test]
+    out = scorer.score_batch(bgr)
+    scores = np.array([r.score for r in out], dtype=np.float64)
+    maps = np.stack([np.asarray(r.residual_map, dtype=np.float32) for r in out])
+    x = np.stack([preprocess(im, b.input) for im in bgr])
+    results = {primary: (scores, maps, float(b.threshold), b.score_params)}
+    name = f"{b.name} ({b.quantization}, tflite)"
+    return test, x, results, name, b.input, primary
+
+
+def evaluate(
+    model_dir: str, data: str, json_out: str | None, report_dir: str | None, methods_arg: str | None
+) -> dict:
+    """Score the test split and return the metrics dict; write the JSON and the report folder when asked."""
+    path = Path(model_dir)
+    _method_list(methods_arg, scoring.DEFAULT_METHOD)  # fail on a bad --methods before loading anything heavy
+    if (path / "bundle.json").is_file():
+        source = _bundle_scores
+    elif (path / "config.json").is_file() or (path / "model.keras").is_file():
+        source = _run_scores
+    else:
+        raise UserError(f"--model {path}: neither a run folder (config.json) nor a bundle (bundle.json)")
+    samples, x, results, name, spec, primary = source(path, data, methods_arg)
+    methods = list(results)
+    table = {}
+    for m in methods:
+        scores, maps, threshold, params = results[m]
+        table[m] = evaluate_scores(samples, scores, maps, threshold, m, name)
+        table[m]["score_params"] = params
+    result = dict(table[primary])
+    if len(methods) > 1:
+        result["methods"] = {
+            m: {
+                k: table[m][k]
+                for k in ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")
+            }
+            for m in methods
+        }
+    result["input"] = spec.to_json()
+    result["data"] = str(Path(data).resolve())
+    if json_out:
+        try:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
+    if report_dir:
+        from train.report import write_report
+
+        write_report(
+            Path(report_dir), result, samples, x, {m: results[m][:3] for m in methods}, primary, spec
+        )
+    return result
+
+
+def cli_main(args) -> int:
+    result = evaluate(args.model, args.data, args.json_out, args.report, getattr(args, "methods", None))
+    summary = {k: result[k] for k in ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")}
+    sys.stdout.write(
+        json.dumps({"model": result["model"], "score_method": result["score_method"], **summary}) + "\n"
+    )
+    for m, row in result.get("methods", {}).items():
+        sys.stdout.write(json.dumps({"method": m, **row}) + "\n")
+    return 0
