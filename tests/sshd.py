@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.broker import free_port
+from tests.broker import free_port, stop_process
 
 SSHD = "/usr/sbin/sshd"
 
@@ -119,13 +119,7 @@ class Sshd:
         )
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> Sshd:
