@@ -85,6 +85,18 @@ model: setup  ## synth $(PRESET) -> fit -> convert int8 into models/default (EPO
 	$(PY) -m train fit --data $(DATA) --out runs/default --epochs $(MODEL_EPOCHS) --config $(MODEL_CONFIG)
 	$(PY) -m convert --model runs/default --data $(DATA) --out models/default --name default
 
+# `make model-knn [IMAGE_SIZE=224] [CORESET=0.01]`: feature-distance (PatchCore-style)
+# bundle: no training, a memory bank of pretrained EfficientNet-Lite0 patch features (bank.npz in the bundle).
+KNN_IMAGE_SIZE = $(or $(IMAGE_SIZE),224)
+KNN_CORESET = $(or $(CORESET),0.01)
+
+.PHONY: model-knn
+model-knn: setup  ## synth $(PRESET) -> fit --method effnet-knn -> convert int8 into models/knn (IMAGE_SIZE=224 CORESET=0.01)
+	test -d $(DATA) || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
+	$(PY) -m train fit --method effnet-knn --data $(DATA) --out runs/knn --image-size $(KNN_IMAGE_SIZE) \
+		--coreset $(KNN_CORESET)
+	$(PY) -m convert --model runs/knn --data $(DATA) --out models/knn --name knn
+
 bench-latency: setup  ## per-crop latency: Keras vs TFLite float32/float16/int8, 1-2 threads, scorer RSS
 	$(PY) bench/latency.py --config $(MODEL_CONFIG)
 

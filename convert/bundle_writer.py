@@ -5,6 +5,12 @@ scores would give the device a different false-positive rate than promised. The 
 train.calibrate on the converted model's own scores of the held-out good validation images, and the bundle's
 metrics are the evaluate output of this very .tflite, scored through edge.scorer.Scorer — the device's code.
 
+kNN runs (`effnet-knn`, `cae-knn`): the model is the patch-feature network, converted to int8 with uint8 input
+and a float32 (dequantized) feature output. The memory bank is built again from the *converted* model's features
+of the good training images (same recipe and seed as the run; scales from its val features) and shipped as
+bank.npz with its sha256 in `score.params.bank`, so the distances the device compares are computed by the model
+the device runs. Parity then reports the mean absolute feature difference instead of a reconstruction one.
+
 Why a staging folder: the bundle appears at --out only when complete and verified; a failed conversion never
 leaves a half-written bundle a device could pick up.
 """
@@ -25,10 +31,19 @@ import numpy as np
 from convert.parity import AUROC_TOLERANCE, format_report, parity_report
 from convert.tflite import ConvertOptions, convert_model, representative_images
 from edge import scoring
-from edge.bundle import JSON_FILE, MODEL_FILE, TensorInfo, sha256_file, write_bundle_json
+from edge.bundle import (
+    JSON_FILE,
+    KNN_METHODS,
+    MODEL_FILE,
+    TensorInfo,
+    resolve_score_params,
+    sha256_file,
+    write_bundle_json,
+)
 from edge.errors import UserError
+from edge.knn import Bank, save_bank
 from edge.preprocess import InputSpec
-from edge.scorer import Scorer
+from edge.scorer import ModelRunner, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +79,58 @@ def _tensor_info(details: dict) -> TensorInfo:
     return TensorInfo(dtype, float(scale), int(zp))
 
 
-def _tflite_reconstructions(scorer: Scorer, split: Split) -> np.ndarray:
+def _tflite_outputs(run, split: Split) -> np.ndarray:
+    """The converted model's outputs (reconstructions or feature grids) of a split, via Scorer or ModelRunner."""
     if not len(split.x):
         return split.x
-    return np.stack([scorer.reconstruct(img)[1] for img in split.u8])
+    step = run.reconstruct if isinstance(run, Scorer) else run.run
+    return np.stack([step(img)[1] for img in split.u8])
 
 
-def _stage(staging: Path, flat: bytes, base: dict) -> Scorer:
-    """Write the model and a provisional bundle.json into the staging folder and load it as the device would."""
+@dataclass(frozen=True)
+class KnnSource:
+    """What a kNN bank is rebuilt from: the good train and val images and the run's recipe.
+
+    `bank` is set once built, so the final staging of the chosen conversion does not rebuild it.
+    """
+
+    train: Split
+    val_good: Split
+    recipe: object  # train.features.BankRecipe
+    bank: Bank | None = None
+
+    def build(self, runner: ModelRunner) -> Bank:
+        from train.features import build_bank
+
+        if self.bank is not None:
+            return self.bank
+        log.info(
+            "rebuilding the bank from the converted model's features of %d train images", len(self.train.x)
+        )
+        return build_bank(
+            _tflite_outputs(runner, self.train), _tflite_outputs(runner, self.val_good), self.recipe
+        )
+
+
+def _stage(staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None) -> Scorer:
+    """Write the model (and a kNN bank) and a provisional bundle.json into staging; load it as the device would."""
     from edge.interpreter import load_interpreter
 
-    (staging / MODEL_FILE).write_bytes(flat)
-    interp = load_interpreter(staging / MODEL_FILE, threads=2)
+    path = staging / MODEL_FILE
+    path.write_bytes(flat)
+    interp = load_interpreter(path, threads=2)
+    in_t = _tensor_info(interp.get_input_details()[0])
+    out_t = _tensor_info(interp.get_output_details()[0])
+    score = base["score"]
+    if knn is not None:
+        bank = knn.build(ModelRunner(path, in_t, out_t, 2, "converted model"))
+        score = {**score, "params": {**score["params"], "bank": save_bank(staging, bank)}}
     data = {
         **base,
-        "input": {**base["input"], **_tensor_info(interp.get_input_details()[0]).to_json()},
-        "output": _tensor_info(interp.get_output_details()[0]).to_json(),
-        "sha256": sha256_file(staging / MODEL_FILE),
+        "input": {**base["input"], **in_t.to_json()},
+        "output": out_t.to_json(),
+        "score": score,
+        "sha256": sha256_file(path),
     }
     write_bundle_json(staging, data)
     return Scorer(staging, threads=2)
@@ -159,36 +209,77 @@ class Conversion:
     scores: np.ndarray
     maps: np.ndarray
     parity: dict
+    bank: Bank | None = None  # kNN: the bank built from this conversion's features
 
     @property
     def loss(self) -> float:
         return self.parity["auroc_loss"] or 0.0
 
 
-def _convert_and_measure(model, opts, staging, base, train, val_good, val_anom, test, float_ref, target_fpr):
+def _score_split(scorer: Scorer, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, maps, model outputs) of a split through the converted model.
+
+    Reconstruction methods score the float images against the reconstructions (as training did); kNN methods
+    score the feature grids against the bundle's bank exactly as the Scorer does on the device.
+    """
+    b = scorer.bundle
+    outs = _tflite_outputs(scorer, split)
+    if scorer.bank is None:
+        return (*scoring.score_batch(split.x, outs, b.score_method, b.score_params), outs)
+    from train.knn_fit import score_features
+
+    hw = (b.input.height, b.input.width)
+    return (*score_features(scorer.bank, outs, hw, float(b.score_params["sigma"])), outs)
+
+
+def _convert_and_measure(
+    model, opts, staging, base, train, val_good, val_anom, test, float_ref, target_fpr, knn=None
+):
     """Convert once, load it as the device would, recalibrate on val good, score test, compare with float."""
     from train.calibrate import calibrate_threshold
 
-    method, params = base["score"]["method"], base["score"]["params"]
     rep = (
         representative_images(train.x, opts.representative, opts.seed, opts.augment)
         if opts.quant == "int8"
         else None
     )
     flat = convert_model(model, opts, rep)
-    scorer = _stage(staging, flat, {**base, "quantization": opts.to_json()})
-
-    def scores_of(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        recon = _tflite_reconstructions(scorer, split)
-        return (*scoring.score_batch(split.x, recon, method, params), recon)
-
-    val_scores = scores_of(val_good)[0]
-    anom_scores = scores_of(val_anom)[0] if len(val_anom.x) else None
+    scorer = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn)
+    val_scores = _score_split(scorer, val_good)[0]
+    anom_scores = _score_split(scorer, val_anom)[0] if len(val_anom.x) else None
     cal = calibrate_threshold(val_scores, target_fpr=target_fpr, anomalous_scores=anom_scores)
-    q_scores, q_maps, q_recon = scores_of(test)
-    labels, float_scores, float_recon = float_ref
-    parity = parity_report(labels, float_scores, q_scores, float_recon, q_recon, AUROC_TOLERANCE)
-    return Conversion(opts, flat, cal, q_scores, q_maps, parity)
+    q_scores, q_maps, q_out = _score_split(scorer, test)
+    labels, float_scores, float_out = float_ref
+    kind = "feature" if knn is not None else "recon"
+    parity = parity_report(labels, float_scores, q_scores, float_out, q_out, AUROC_TOLERANCE, kind=kind)
+    return Conversion(opts, flat, cal, q_scores, q_maps, parity, scorer.bank)
+
+
+def _float_reference(model_dir, model, config, test: Split, method: str, params: dict):
+    """(labels, float scores, float outputs) of the run on the test split: the parity reference."""
+    labels = np.array([s.anomalous for s in test.samples], dtype=bool)
+    if method in KNN_METHODS:
+        from train.features import extract
+        from train.knn_fit import run_bank, score_features
+
+        bank, sigma = run_bank(model_dir, config)
+        feats = extract(model, test.x)
+        return labels, score_features(bank, feats, test.x.shape[1:3], sigma)[0], feats
+    recon = model.predict(test.x, batch_size=PREDICT_BATCH, verbose=0)
+    return labels, scoring.score_batch(test.x, recon, method, params)[0], recon
+
+
+def _knn_source(config: dict, train: Split, val_good: Split) -> KnnSource:
+    """The run's bank recipe (coreset fraction, global weight, seed from config.json `args`)."""
+    from train.features import BankRecipe
+
+    args = config.get("args") or {}
+    recipe = BankRecipe(
+        coreset_fraction=float(args.get("coreset_fraction", 0.01)),
+        global_weight=float(args.get("global_weight", 1.0)),
+        seed=int(args.get("seed", 0)),
+    )
+    return KnnSource(train, val_good, recipe)
 
 
 def _training_record(config: dict, model_dir: str, run_fp: str | None, fingerprint: str) -> dict:
@@ -228,7 +319,7 @@ def build_bundle(
     try:
         spec = InputSpec.from_json(config["input"])
         method = config["score"]["method"]
-        params = scoring.resolve_params(method, config["score"].get("params") or {})
+        params = resolve_score_params(method, config["score"].get("params") or {})
     except (KeyError, TypeError):
         raise UserError(
             f"{Path(model_dir) / 'config.json'}: missing `input` or `score` (not written by train fit?)"
@@ -256,9 +347,11 @@ def build_bundle(
             run_fp,
         )
 
-    labels = np.array([s.anomalous for s in test.samples], dtype=bool)
-    float_recon = model.predict(test.x, batch_size=PREDICT_BATCH, verbose=0)
-    float_ref = (labels, scoring.score_batch(test.x, float_recon, method, params)[0], float_recon)
+    float_ref = _float_reference(model_dir, model, config, test, method, params)
+    knn = None
+    if method in KNN_METHODS:
+        knn = _knn_source(config, train, val_good)
+        opts = replace(opts, float_output=opts.quant == "int8")  # features leave the model dequantized
 
     bundle_name = name or out.resolve().name
     staging = _prepare_out(out)
@@ -274,7 +367,7 @@ def build_bundle(
         for attempt in _attempts(opts, len(train.x)):
             tried.append(
                 _convert_and_measure(
-                    model, attempt, staging, base, train, val_good, val_anom, test, float_ref, target_fpr
+                    model, attempt, staging, base, train, val_good, val_anom, test, float_ref, target_fpr, knn
                 )
             )
             if tried[-1].parity["within_tolerance"] is not False:
@@ -309,7 +402,8 @@ def build_bundle(
                 "; ".join(json.dumps(a["quantization"]) for a in parity["attempts"]),
             )
         cal = best.calibration
-        scorer = _stage(staging, best.flat, {**base, "quantization": best.opts.to_json()})
+        final_knn = replace(knn, bank=best.bank) if knn is not None else None
+        scorer = _stage(staging, best.flat, {**base, "quantization": best.opts.to_json()}, final_knn)
         model_name = f"{bundle_name} ({best.opts.quant}, tflite)"
         data_json = {
             **scorer.bundle.raw,

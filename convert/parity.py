@@ -3,6 +3,8 @@
 Why these numbers: image AUROC of both says whether detection got worse; the Spearman correlation of the scores
 says whether the ranking of dishes survived quantization even where AUROC is saturated; the mean absolute
 difference of the reconstructions says how much the pixels moved (a unit-range number, 1/256 is one int8 step).
+For kNN bundles the model outputs patch features, so the mean absolute feature difference is reported instead
+(`feature_mean_abs_diff`, in the features' own units).
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ def parity_report(
     float_recon: np.ndarray,
     quant_recon: np.ndarray,
     tolerance: float = AUROC_TOLERANCE,
+    kind: str = "recon",
 ) -> dict:
-    """Float vs converted on the same images; `within_tolerance` is None when AUROC is undefined (one class)."""
+    """Float vs converted on the same images; `within_tolerance` is None when AUROC is undefined (one class).
+
+    `kind` names the compared model outputs: "recon" (reconstructions) or "feature" (kNN feature grids).
+    """
     y = np.asarray(labels, dtype=bool)
     fs = np.asarray(float_scores, dtype=np.float64)
     qs = np.asarray(quant_scores, dtype=np.float64)
@@ -61,8 +67,8 @@ def parity_report(
         "score_mean_rel_diff": _r(np.mean(np.abs(qs - fs) / np.maximum(np.abs(fs), 1e-12)))
         if fs.size
         else None,
-        "recon_mean_abs_diff": _r(diff.mean()) if diff.size else None,
-        "recon_max_abs_diff": _r(diff.max()) if diff.size else None,
+        f"{kind}_mean_abs_diff": _r(diff.mean()) if diff.size else None,
+        f"{kind}_max_abs_diff": _r(diff.max()) if diff.size else None,
     }
 
 
@@ -73,10 +79,11 @@ def format_report(p: dict) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
     ok = {True: "ok", False: "OVER TOLERANCE", None: "undefined"}[p.get("within_tolerance")]
+    kind, label = ("feature", "feature") if "feature_mean_abs_diff" in p else ("recon", "reconstruction")
     return (
         f"parity on {p['n']} test images ({p['n_anomalous']} anomalous):\n"
         f"  image AUROC   float {f(p['image_auroc_float'])}  converted {f(p['image_auroc_quant'])}"
         f"  delta {f(p['auroc_delta'])}  (tolerance {p['tolerance']}: {ok})\n"
-        f"  score Spearman {f(p['score_spearman'])}   reconstruction mean |diff| {f(p['recon_mean_abs_diff'])}"
-        f"  max {f(p['recon_max_abs_diff'])}"
+        f"  score Spearman {f(p['score_spearman'])}   {label} mean |diff| {f(p[f'{kind}_mean_abs_diff'])}"
+        f"  max {f(p[f'{kind}_max_abs_diff'])}"
     )

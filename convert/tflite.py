@@ -37,6 +37,8 @@ class ConvertOptions:
     representative: int = DEFAULT_REPRESENTATIVE  # int8 only: calibration images
     augment: bool = True  # int8 only: light shift/turn/light changes of the calibration images
     seed: int = 0
+    # int8 only: float32 output tensor, dequantized inside the model (kNN feature grids; see bundle_writer)
+    float_output: bool = False
 
     def validate(self) -> ConvertOptions:
         if self.quant not in QUANTS:
@@ -57,6 +59,8 @@ class ConvertOptions:
                 representative_augment=self.augment,
                 seed=self.seed,
             )
+            if self.float_output:
+                out["output"] = "float32"
         elif self.quant == "float16":
             out["scheme"] = "float16 weights, float32 compute"
         return out
@@ -128,12 +132,9 @@ def convert_model(model, opts: ConvertOptions, representative: np.ndarray | None
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = lambda: _rep_gen(representative)
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if opts.io == "uint8":
-                conv.inference_input_type = tf.uint8
-                conv.inference_output_type = tf.uint8
-            else:
-                conv.inference_input_type = tf.float32
-                conv.inference_output_type = tf.float32
+            io_type = tf.uint8 if opts.io == "uint8" else tf.float32
+            conv.inference_input_type = io_type
+            conv.inference_output_type = tf.float32 if opts.float_output else io_type
         try:
             flat = conv.convert()
         except Exception as exc:  # the converter raises ConverterError/ValueError/RuntimeError

@@ -9,9 +9,9 @@ bundle.json (format 1):
   name          bundle name (default: the output folder's name)
   created       ISO 8601 UTC
   input         InputSpec fields + dtype ("uint8" | "float32") + quantization ({scale, zero_point} | null)
-  output        dtype + quantization of the reconstruction tensor
+  output        dtype + quantization of the reconstruction (or, for kNN methods, feature-grid) tensor
   quantization  {type: int8|float16|float32, ...how it was made}
-  score         {method, params}            (edge.scoring)
+  score         {method, params}            (edge.scoring; or a kNN method: params {bank, sigma}, edge.knn)
   threshold     score > threshold => anomaly (recalibrated on this very .tflite's scores)
   calibration   how the threshold was chosen, on how many held-out good images (train.calibrate)
   metrics       the evaluate output of this very .tflite on the test split
@@ -39,6 +39,8 @@ FORMAT = 1
 MODEL_FILE = "model.tflite"
 JSON_FILE = "bundle.json"
 IO_DTYPES = ("uint8", "int8", "float32")
+# feature-distance methods: the model outputs a patch-feature grid, scored against bank.npz (edge.knn)
+KNN_METHODS = ("effnet-knn", "cae-knn")
 REQUIRED = ("format", "name", "created", "input", "output", "quantization", "score", "threshold", "sha256")
 
 
@@ -107,6 +109,21 @@ def _tensor(data: object, where: str) -> TensorInfo:
     return TensorInfo(dtype, scale, zp)
 
 
+def resolve_score_params(method: str, params: dict | None) -> dict:
+    """Validated params of any bundle score method; a kNN bundle must name its bank and the hash to check."""
+    if method not in KNN_METHODS:
+        return resolve_params(method, params)
+    p = dict(params or {})
+    bank = p.get("bank")
+    if not isinstance(bank, dict) or not isinstance(bank.get("sha256"), str) or "file" not in bank:
+        raise UserError(f"score params for {method!r}: `bank` needs `file` and `sha256` (edge.knn.save_bank)")
+    try:
+        p["sigma"] = float(p.get("sigma", 4.0))
+    except (TypeError, ValueError):
+        raise UserError(f"score params for {method!r}: `sigma` must be a number") from None
+    return p
+
+
 def parse_bundle_json(data: object, bundle_dir: str | Path) -> BundleInfo:
     """Validate a bundle.json object (without touching model.tflite); every error names the bundle and field."""
     where = f"bundle {bundle_dir}"
@@ -130,7 +147,7 @@ def parse_bundle_json(data: object, bundle_dir: str | Path) -> BundleInfo:
     if not isinstance(score, dict) or "method" not in score:
         raise UserError(f"{where}: bundle.json `score` needs a `method`")
     try:
-        params = resolve_params(str(score["method"]), score.get("params") or {})
+        params = resolve_score_params(str(score["method"]), score.get("params") or {})
     except UserError as exc:
         raise UserError(f"{where}: bundle.json {exc}") from None
     threshold = data["threshold"]

@@ -4,6 +4,9 @@ Why everything goes through edge.preprocess and edge.scoring: the bundle's thres
 computed by exactly these functions (convert recalibrates on this very .tflite through this class), so the
 device's score is the same number, not a re-implementation of it.
 
+kNN bundles (`effnet-knn`, `cae-knn`): the model outputs a patch-feature grid; edge.knn.Bank (bank.npz, hash
+checked at load) turns it into the score and an anomaly map at the model's resolution, used like the residual map.
+
 Heat map: the residual map divided by the threshold (1.0 == threshold level), resized to the crop's size.
 Regions: connected components of the residual map above the threshold (only when the verdict is an anomaly),
 specks below MIN_REGION_FRACTION of the map dropped, boxes mapped back to the crop's pixels, largest peak first.
@@ -21,9 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.bundle import BundleInfo, TensorInfo, read_bundle
+from edge.bundle import KNN_METHODS, BundleInfo, TensorInfo, read_bundle
 from edge.errors import UserError
 from edge.interpreter import load_interpreter
+from edge.knn import load_bank
 from edge.preprocess import resize_to_input, to_model_float
 from edge.scoring import score_reconstruction
 
@@ -96,71 +100,123 @@ def find_regions(residual: np.ndarray, threshold: float, out_hw: tuple[int, int]
     return tuple(regions)
 
 
-class Scorer:
-    """A verified bundle loaded into a TFLite interpreter."""
+class ModelRunner:
+    """One TFLite model with its bundle-declared input/output tensors: uint8 image in, dequantized float out.
 
-    def __init__(self, bundle_dir: str | Path, threads: int = 2) -> None:
-        self.bundle: BundleInfo = read_bundle(bundle_dir)
-        where = f"bundle {Path(bundle_dir)}"
-        self._interp = load_interpreter(self.bundle.model_path, threads, where=where)
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
-        spec = self.bundle.input
-        want = [1, spec.height, spec.width, spec.channels]
-        for role, det, tensor in (
-            ("input", self._in, self.bundle.input_tensor),
-            ("output", self._out, self.bundle.output_tensor),
-        ):
-            if list(det["shape"]) != want:
-                raise UserError(
-                    f"{where}: model {role} shape {list(det['shape'])} differs from bundle.json {want}"
-                )
-            if np.dtype(det["dtype"]).name != tensor.dtype:
-                raise UserError(
-                    f"{where}: model {role} dtype {np.dtype(det['dtype']).name} differs from bundle.json {tensor.dtype}"
-                )
+    Why separate from Scorer: convert must run the converted feature model on the training images to build the
+    kNN bank *before* a complete bundle (and so a Scorer) exists; both then share this exact inference code.
+    Not thread-safe (the interpreter is not); Scorer serialises callers with its lock.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        input_tensor: TensorInfo,
+        output_tensor: TensorInfo,
+        threads: int,
+        where: str,
+    ) -> None:
+        self.interp = load_interpreter(model_path, threads, where=where)
+        self.input_details = self.interp.get_input_details()[0]
+        self.output_details = self.interp.get_output_details()[0]
+        self.input_tensor, self.output_tensor = input_tensor, output_tensor
+        t = input_tensor
         # camera bytes go straight in when the input's quantization is exactly the uint8 pixel scale
-        t = self.bundle.input_tensor
         self._raw_bytes = t.dtype == "uint8" and t.zero_point == 0 and abs(t.scale * 255.0 - 1.0) < 1e-6
-        self._lock = threading.Lock()
-        log.info(
-            "%s loaded: %s, %s, threshold %.6g, sha256 %s",
-            where,
-            self.bundle.name,
-            self.bundle.quantization,
-            self.bundle.threshold,
-            self.bundle.sha256[:12],
-        )
 
     def _model_input(self, img_u8: np.ndarray, x: np.ndarray) -> np.ndarray:
-        t = self.bundle.input_tensor
+        t = self.input_tensor
         if not t.quantized:
             return x[None]
         if self._raw_bytes:
             return img_u8[None]
         return _quantize(x, t)[None]
 
-    def reconstruct(self, img_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """(model input x float32 unit, reconstruction float32 unit, inference ms) of a model-sized uint8 image."""
+    def run(self, img_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(model input x float32 unit, model output float32 (dequantized), inference ms) of a model-sized image."""
         x = to_model_float(img_u8)
         feed = self._model_input(img_u8, x)
+        t0 = time.perf_counter()
+        self.interp.set_tensor(self.input_details["index"], feed)
+        self.interp.invoke()
+        out = self.interp.get_tensor(self.output_details["index"])[0]
+        ms = (time.perf_counter() - t0) * 1000.0
+        t = self.output_tensor
+        out = (out.astype(np.float32) - t.zero_point) * np.float32(t.scale) if t.quantized else out
+        return x, out.astype(np.float32, copy=False), ms
+
+
+class Scorer:
+    """A verified bundle loaded into a TFLite interpreter (and, for a kNN method, its verified memory bank)."""
+
+    def __init__(self, bundle_dir: str | Path, threads: int = 2) -> None:
+        self.bundle: BundleInfo = read_bundle(bundle_dir)
+        where = f"bundle {Path(bundle_dir)}"
+        b = self.bundle
+        # the bank is verified like the model, before anything is loaded into an interpreter
+        self.bank = load_bank(b.path, b.score_params["bank"]) if b.score_method in KNN_METHODS else None
+        self._runner = ModelRunner(b.model_path, b.input_tensor, b.output_tensor, threads, where)
+        self._interp = self._runner.interp
+        self._in, self._out = self._runner.input_details, self._runner.output_details
+        spec = b.input
+        want = [1, spec.height, spec.width, spec.channels]
+        self._check_tensor(where, "input", self._in, b.input_tensor, want)
+        self._check_tensor(where, "output", self._out, b.output_tensor, self._output_shape(want))
+        self._lock = threading.Lock()
+        log.info(
+            "%s loaded: %s, %s, %s, threshold %.6g, sha256 %s",
+            where,
+            b.name,
+            b.quantization,
+            b.score_method,
+            b.threshold,
+            b.sha256[:12],
+        )
+
+    def _output_shape(self, input_shape: list[int]) -> list[int]:
+        """A reconstruction has the input's shape; a feature grid is (1, h, w, D) with D the bank's dimension."""
+        if self.bank is None:
+            return input_shape
+        got = [int(v) for v in self._out["shape"]]
+        grid = got[1:3] if len(got) == 4 else [-1, -1]
+        return [1, *grid, int(self.bank.patches.shape[1])]
+
+    @staticmethod
+    def _check_tensor(where: str, role: str, det: dict, tensor: TensorInfo, want: list[int]) -> None:
+        if list(det["shape"]) != want:
+            raise UserError(
+                f"{where}: model {role} shape {list(det['shape'])} differs from bundle.json {want}"
+            )
+        if np.dtype(det["dtype"]).name != tensor.dtype:
+            raise UserError(
+                f"{where}: model {role} dtype {np.dtype(det['dtype']).name} differs from bundle.json {tensor.dtype}"
+            )
+
+    def reconstruct(self, img_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(model input x float32 unit, model output float32 unit, inference ms) of a model-sized uint8 image.
+
+        For a kNN bundle the output is the (h, w, D) patch-feature grid rather than a reconstruction.
+        """
         with self._lock:
-            t0 = time.perf_counter()
-            self._interp.set_tensor(self._in["index"], feed)
-            self._interp.invoke()
-            out = self._interp.get_tensor(self._out["index"])[0]
-            ms = (time.perf_counter() - t0) * 1000.0
-        t = self.bundle.output_tensor
-        recon = (out.astype(np.float32) - t.zero_point) * np.float32(t.scale) if t.quantized else out
-        return x, recon.astype(np.float32, copy=False), ms
+            return self._runner.run(img_u8)
+
+    def score_input(self, img_u8: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """(score, anomaly map at the model's resolution, inference ms) of a model-sized uint8 image."""
+        b = self.bundle
+        x, out, ms = self.reconstruct(img_u8)
+        if self.bank is None:
+            score, amap = score_reconstruction(x, out, b.score_method, b.score_params)
+        else:
+            hw = (b.input.height, b.input.width)
+            score, amap = self.bank.score(out, hw, sigma=float(b.score_params.get("sigma", 4.0)))
+        return float(score), amap, ms
 
     def score(self, bgr: np.ndarray) -> ScoreResult:
         """Score a BGR uint8 crop of any size."""
         if not isinstance(bgr, np.ndarray) or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
             raise ValueError(f"expected a BGR image (h, w, 3), got {getattr(bgr, 'shape', type(bgr))}")
         b = self.bundle
-        x, recon, ms = self.reconstruct(resize_to_input(bgr, b.input))
-        score, residual = score_reconstruction(x, recon, b.score_method, b.score_params)
+        score, residual, ms = self.score_input(resize_to_input(bgr, b.input))
         anomalous = bool(score > b.threshold)
         h, w = bgr.shape[:2]
         heat = cv2.resize(residual / np.float32(b.threshold), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -28,12 +28,28 @@ def build_parser() -> OneLineParser:
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.set_defaults(handler="train.data:cli_inspect")
 
-    f = sub.add_parser("fit", help="train the Inception CAE on the good images")
+    f = sub.add_parser(
+        "fit", help="train the Inception CAE, or build a feature-distance (kNN) bank, on the good images"
+    )
     f.add_argument("--data", required=True, help="dataset folder")
     f.add_argument("--out", required=True, help="run folder (checkpoints, history, config)")
-    f.add_argument("--epochs", type=int, default=200)
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--image-size", type=int, default=128)
+    f.add_argument(
+        "--method",
+        default="cae",
+        choices=["cae", "effnet-knn", "cae-knn"],
+        help="cae: train the Inception CAE (default); effnet-knn / cae-knn: memory bank of patch features",
+    )
+    f.add_argument("--cae-run", help="cae-knn: the trained CAE run folder whose encoder gives the features")
+    f.add_argument(
+        "--coreset", type=float, default=0.01, help="knn: fraction of training patches kept in the bank"
+    )
+    f.add_argument("--epochs", type=int, default=200, help="cae only")
+    f.add_argument("--batch-size", type=int, default=64, help="cae only")
+    f.add_argument(
+        "--image-size",
+        type=int,
+        help="input side in px (default 128 for cae, 224 for effnet-knn; cae-knn uses the CAE run's)",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--config", default="seed", help="architecture: seed (default), half, quarter")
     f.add_argument("--filters", help="override the per-level filters, e.g. 8,8,16 (depth = count)")

@@ -112,12 +112,16 @@ def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
         raise UserError(
             f"{run_dir / 'config.json'}: missing `input` or `score` (not written by train fit?)"
         ) from None
-    methods = _method_list(methods_arg, primary)
     dataset = load_dataset(data)
     test = dataset.split("test")
     if not test:
         raise UserError(f"--data {data}: no test images")
     x = load_images(test, spec)
+    from train.knn_fit import is_knn_run
+
+    if is_knn_run(config):
+        return (test, x, *_knn_run_results(run_dir, model, config, x, methods_arg), spec, primary)
+    methods = _method_list(methods_arg, primary)
     recon = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
     known = config.get("scores_by_method", {})
     recalibrated = None
@@ -139,6 +143,19 @@ def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
         results[m] = (scores, maps, threshold, params)
     name = f"{Path(run_dir).resolve().name} ({config.get('cae', {}).get('name', '?')}, keras)"
     return test, x, results, name, spec, primary
+
+
+def _knn_run_results(run_dir: Path, model, config: dict, x: np.ndarray, methods_arg: str | None):
+    """A knn run is scored with its own method against its bank (the float reference convert compares with)."""
+    from train.knn_fit import score_images
+
+    primary = config["score"]["method"]
+    if methods_arg:
+        log.warning("a %s run is scored with its own method only; ignoring --methods", primary)
+    scores, maps = score_images(run_dir, x, model=model, config=config)
+    params = config["score"]["params"]
+    name = f"{Path(run_dir).resolve().name} ({config.get('features', {}).get('backbone', primary)}, keras)"
+    return {primary: (scores, maps, float(config["threshold"]), params)}, name
 
 
 def _bundle_scores(bundle_dir: Path, data: str, methods_arg: str | None):

@@ -326,13 +326,41 @@ def fit(fc: FitConfig) -> int:
     return 0
 
 
+DEFAULT_IMAGE_SIZE = {"cae": 128, "effnet-knn": 224, "cae-knn": 224}
+
+
+def knn_cli_main(args, method: str) -> int:
+    """`fit --method effnet-knn|cae-knn`: no weights are trained; the bank is built and the threshold calibrated."""
+    from train.knn_fit import KnnFitConfig, fit_knn
+
+    for flag, name in (("--epochs", "epochs"), ("--batch-size", "batch_size")):
+        if getattr(args, name, None) not in (None, 200, 64):
+            log.warning("%s is ignored by --method %s (nothing is trained)", flag, method)
+    fit_knn(
+        KnnFitConfig(
+            data=args.data,
+            out=args.out,
+            method=method,
+            image_size=args.image_size or DEFAULT_IMAGE_SIZE[method],
+            cae_run=getattr(args, "cae_run", None) or "",
+            coreset_fraction=getattr(args, "coreset", 0.01),
+            target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
+            seed=args.seed,
+        )
+    )
+    return 0
+
+
 def cli_main(args) -> int:
+    method = getattr(args, "method", "cae") or "cae"
+    if method != "cae":
+        return knn_cli_main(args, method)
     fc = FitConfig(
         data=args.data,
         out=args.out,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        image_size=args.image_size,
+        image_size=args.image_size or DEFAULT_IMAGE_SIZE["cae"],
         seed=args.seed,
         config=getattr(args, "config", DEFAULT_CONFIG),
         filters=parse_filters(getattr(args, "filters", None)),

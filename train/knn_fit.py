@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import KNN_METHODS  # one list of kNN methods, shared with the device
 from edge.errors import UserError
 from edge.knn import save_bank
 from edge.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
 
-KNN_METHODS = ("effnet-knn", "cae-knn")
+SIGMA = 4.0  # Gaussian blur (map pixels) of the anomaly map; stored in config.json and bundle.json
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,10 @@ def fit_knn(fc: KnnFitConfig) -> dict:
             f"--data {fc.data}: no good validation images (need at least one held-out good image)"
         )
     out = Path(fc.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
 
     model, spec, desc = feature_model_for(fc)
     log.info("extracting %s features: %d train, %d val images", fc.method, len(train_s), len(val_s))
@@ -93,7 +97,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     recipe = BankRecipe(coreset_fraction=fc.coreset_fraction, global_weight=fc.global_weight, seed=fc.seed)
     bank = build_bank(train_f, val_f, recipe)
     bank_meta = save_bank(out, bank)
-    val_scores = [bank.score(f, (spec.height, spec.width))[0] for f in val_f]
+    val_scores = score_features(bank, val_f, (spec.height, spec.width), SIGMA)[0]
     cal = calibrate_threshold(val_scores, target_fpr=fc.target_fpr)
     model.save(out / "model.keras")
     config = {
@@ -114,7 +118,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         "versions": library_versions(),
         "git_commit": git_commit(),
         "training": {"epochs_run": 0, "seconds": round(time.time() - started, 1)},
-        "score": {"method": fc.method, "params": {"bank": bank_meta, "sigma": 4.0}},
+        "score": {"method": fc.method, "params": {"bank": bank_meta, "sigma": SIGMA}},
         "threshold": cal["threshold"],
         "calibration": cal,
         "checkpoints": {"best": "model.keras"},
@@ -132,21 +136,40 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     return config
 
 
-def score_images(run_dir: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float-model scores and maps of a knn run on float images (N, S, S, 3) — the reference for parity."""
-    import json
+def score_features(
+    bank, feats: np.ndarray, hw: tuple[int, int], sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and maps (N, *hw) of feature grids (N, h, w, D) against `bank` (shared by run and convert)."""
+    pairs = [bank.score(f, hw, sigma=sigma) for f in feats]
+    if not pairs:
+        return np.zeros(0), np.zeros((0, *hw), np.float32)
+    return np.array([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
-    import keras
 
+def is_knn_run(config: dict) -> bool:
+    return config.get("kind") == "knn" or (config.get("score") or {}).get("method") in KNN_METHODS
+
+
+def run_bank(run_dir: str | Path, config: dict):
+    """(Bank, sigma) of a knn run folder, hash-checked."""
     from edge.knn import load_bank
+
+    params = config["score"]["params"]
+    return load_bank(Path(run_dir), params["bank"]), float(params.get("sigma", 4.0))
+
+
+def score_images(
+    run_dir: str | Path, images: np.ndarray, model=None, config: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float-model scores and maps of a knn run on float images (N, S, S, 3) — the reference for parity.
+
+    `model`/`config` skip reloading them when the caller already has the run loaded.
+    """
     from train.features import extract
 
-    run = Path(run_dir)
-    config = json.loads((run / "config.json").read_text())
-    params = config["score"]["params"]
-    bank = load_bank(run, params["bank"])
-    model = keras.saving.load_model(run / "model.keras", compile=False)
-    feats = extract(model, images)
-    hw = images.shape[1:3]
-    pairs = [bank.score(f, hw, sigma=params.get("sigma", 4.0)) for f in feats]
-    return np.array([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    if model is None or config is None:
+        from train.model import load_run
+
+        model, config = load_run(run_dir)
+    bank, sigma = run_bank(run_dir, config)
+    return score_features(bank, extract(model, images), images.shape[1:3], sigma)

@@ -1,0 +1,201 @@
+"""Feature-distance (kNN) methods through the real pipeline: fit -> evaluate -> convert -> bundle -> edge Scorer.
+
+Why through the CLIs and a TF-free subprocess: the device runs `edge` with LiteRT only, and the bundle's bank must
+have been rebuilt from the converted model's own features; only the real path proves both. EfficientNet-Lite0 at
+64 px (an 8x8 patch grid) keeps the whole module well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+KNN_SIZE = 64
+
+
+def _ok(proc, what: str):
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}", pytrace=False)
+    return proc
+
+
+def _images(dataset: Path, sub: str) -> list[Path]:
+    return sorted(p for p in (dataset / sub).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+@pytest.fixture(scope="module")
+def knn_run(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("knn_run") / "run"
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE))
+    _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
+    return out
+
+
+@pytest.fixture(scope="module")
+def knn_bundle(knn_run, tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("knn_bundle") / "knn"
+    args = ("--model", str(knn_run), "--data", str(tiny_dataset), "--out", str(out), "--representative", "20")
+    _ok(run_cli("convert", *args), "convert effnet-knn")
+    return out
+
+
+def test_fit_writes_a_knn_run_and_evaluate_reports_it(knn_run, tiny_dataset, tmp_path):
+    config = json.loads((knn_run / "config.json").read_text())
+    assert config["kind"] == "knn" and config["score"]["method"] == "effnet-knn"
+    assert config["input"]["height"] == KNN_SIZE and config["features"]["grid"] == [8, 8]
+    assert (knn_run / "bank.npz").is_file() and (knn_run / "model.keras").is_file()
+    out = tmp_path / "eval.json"
+    _ok(
+        run_cli(
+            "train", "evaluate", "--model", str(knn_run), "--data", str(tiny_dataset), "--json", str(out)
+        ),
+        "eval",
+    )
+    result = json.loads(out.read_text())
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "f1",
+        "precision",
+        "recall",
+        "n_good",
+        "n_anomalous",
+        "per_defect",
+    ):
+        assert key in result, key
+    assert result["score_method"] == "effnet-knn"
+    assert result["threshold"] == pytest.approx(config["threshold"])
+
+
+def test_bundle_ships_a_bank_rebuilt_from_the_converted_model(knn_bundle, knn_run):
+    b = json.loads((knn_bundle / "bundle.json").read_text())
+    assert b["score"]["method"] == "effnet-knn"
+    assert b["output"]["dtype"] == "float32" and b["input"]["dtype"] == "uint8"
+    assert b["quantization"]["type"] == "int8" and b["quantization"]["output"] == "float32"
+    meta = b["score"]["params"]["bank"]
+    import hashlib
+
+    assert hashlib.sha256((knn_bundle / "bank.npz").read_bytes()).hexdigest() == meta["sha256"]
+    run_meta = json.loads((knn_run / "config.json").read_text())["score"]["params"]["bank"]
+    assert meta["sha256"] != run_meta["sha256"]  # the int8 model's features, not the float run's
+    assert b["calibration"]["on"] == "converted model"
+    p = b["parity"]
+    assert "feature_mean_abs_diff" in p and "recon_mean_abs_diff" not in p
+    assert p["image_auroc_float"] is not None and p["image_auroc_quant"] is not None
+    assert p["score_spearman"] > 0.8
+    assert b["metrics"]["score_method"] == "effnet-knn"
+
+
+def test_bundle_refuses_a_tampered_bank(knn_bundle, tiny_dataset, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(knn_bundle, copy)
+    data = bytearray((copy / "bank.npz").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "bank.npz").write_bytes(bytes(data))
+    img = _images(tiny_dataset, "test/good")[0]
+    assert_one_line_error(run_cli("edge", "score", "--bundle", str(copy), str(img)), "bank.npz", "sha256")
+    (copy / "bank.npz").unlink()
+    assert_one_line_error(run_cli("edge", "score", "--bundle", str(copy), str(img)), "bank.npz")
+
+
+SCORE_TF_FREE = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["tensorflow"] = None  # any import of TensorFlow now fails loudly
+    sys.modules["torch"] = None
+    import cv2
+    from edge.preprocess import read_image
+    from edge.scorer import Scorer
+
+    scorer = Scorer(sys.argv[1], threads=1)
+    out = []
+    for path in sys.argv[2:]:
+        bgr = read_image(path)
+        r = scorer.score(bgr)
+        assert r.heatmap.shape == bgr.shape[:2] and r.residual_map.shape == (scorer.bundle.input.height,) * 2
+        out.append({"path": path, "score": r.score, "anomalous": r.anomalous, "regions": len(r.regions)})
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "torch", "keras")
+                   and sys.modules[m] is not None)
+    print(json.dumps({"results": out, "threshold": scorer.bundle.threshold, "heavy": heavy}))
+    """
+)
+
+
+def _magenta(src: Path, dst: Path) -> Path:
+    import cv2
+
+    img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    img[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = (255, 0, 255)
+    cv2.imwrite(str(dst), img)
+    return dst
+
+
+def test_edge_scorer_is_tf_free_and_flags_an_obvious_defect(knn_bundle, knn_run, tiny_dataset, tmp_path):
+    goods = _images(tiny_dataset, "test/good") + _images(tiny_dataset, "train/good")[:4]
+    bad = [_magenta(g, tmp_path / f"magenta_{i}.png") for i, g in enumerate(goods)]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCORE_TF_FREE, str(knn_bundle), *map(str, goods + bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    _ok(proc, "TF-free scoring")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == []
+    res = out["results"]
+    good_q, bad_q = res[: len(goods)], res[len(goods) :]
+    # the clearest good image (lowest int8 score) and the same image with a magenta patch
+    i = int(np.argmin([r["score"] for r in good_q]))
+    assert not good_q[i]["anomalous"], good_q[i]
+    assert bad_q[i]["anomalous"] and bad_q[i]["regions"] >= 1, bad_q[i]
+    assert all(r["anomalous"] for r in bad_q), bad_q
+    assert np.mean([b["score"] for b in bad_q]) > 2 * np.mean([g["score"] for g in good_q])
+
+    # the float run decides the same on these clear cases
+    from edge.preprocess import InputSpec, preprocess, read_image
+    from train.knn_fit import score_images
+
+    config = json.loads((knn_run / "config.json").read_text())
+    spec = InputSpec.from_json(config["input"])
+    x = np.stack([preprocess(read_image(p), spec) for p in (goods[i], bad[i])])
+    f_scores, f_maps = score_images(knn_run, x)
+    assert f_maps.shape == (2, KNN_SIZE, KNN_SIZE)
+    assert [bool(s > config["threshold"]) for s in f_scores] == [False, True]
+
+
+def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_path):
+    out = tmp_path / "cae_knn"
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--cae-run", str(tiny_run), "--coreset", "0.05")
+    _ok(run_cli("train", "fit", "--method", "cae-knn", *args), "fit cae-knn")
+    config = json.loads((out / "config.json").read_text())
+    cae_input = json.loads((tiny_run / "config.json").read_text())["input"]
+    assert config["score"]["method"] == "cae-knn" and config["input"] == cae_input
+    assert config["args"]["coreset_fraction"] == 0.05 and config["threshold"] > 0
+
+    from edge.preprocess import InputSpec
+    from train.knn_fit import score_images
+
+    spec = InputSpec.from_json(config["input"])
+    x = np.random.default_rng(0).random((3, spec.height, spec.width, 3), dtype=np.float32)
+    scores, maps = score_images(out, x)
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+    assert maps.shape == (3, spec.height, spec.width)
+
+
+def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
+    base = ("train", "fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"))
+    assert_one_line_error(run_cli(*base, "--method", "cae-knn"), "--cae-run")
+    assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--image-size", "60"), "--image-size")
+    assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--coreset", "2"), "--coreset")
