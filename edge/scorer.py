@@ -100,6 +100,24 @@ def find_regions(residual: np.ndarray, threshold: float, out_hw: tuple[int, int]
     return tuple(regions)
 
 
+def alert_regions(
+    residual: np.ndarray, threshold: float, anomalous: bool, out_hw: tuple[int, int]
+) -> tuple[Region, ...]:
+    """Regions of an anomalous crop; none for a good one.
+
+    Why a fallback: a score can pass the threshold while no pixel of the smoothed map does (the kNN global
+    "not on the menu" term, or a sharp peak blurred down). An alert must still point somewhere, so then the
+    map's most salient area (above half its peak) is boxed.
+    """
+    if not anomalous:
+        return ()
+    regions = find_regions(residual, threshold, out_hw)
+    peak = float(residual.max()) if residual.size else 0.0
+    if not regions and peak > 0:
+        regions = find_regions(residual, 0.5 * peak, out_hw)
+    return regions
+
+
 class ModelRunner:
     """One TFLite model with its bundle-declared input/output tensors: uint8 image in, dequantized float out.
 
@@ -220,7 +238,7 @@ class Scorer:
         anomalous = bool(score > b.threshold)
         h, w = bgr.shape[:2]
         heat = cv2.resize(residual / np.float32(b.threshold), (w, h), interpolation=cv2.INTER_LINEAR)
-        regions = find_regions(residual, b.threshold, (h, w)) if anomalous else ()
+        regions = alert_regions(residual, b.threshold, anomalous, (h, w))
         return ScoreResult(
             score=float(score),
             threshold=b.threshold,

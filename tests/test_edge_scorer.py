@@ -21,7 +21,7 @@ import pytest
 from edge.bundle import read_bundle, sha256_file
 from edge.errors import UserError
 from edge.preprocess import read_image
-from edge.scorer import Region, Scorer, find_regions
+from edge.scorer import Region, Scorer, alert_regions, find_regions
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 
@@ -258,3 +258,15 @@ def test_interpreter_falls_back_to_tensorflow_lite_when_litert_is_missing(tiny_b
     assert out["score"] == pytest.approx(
         Scorer(tiny_bundle, threads=1).score(read_image(img)).score, rel=1e-4
     )
+
+
+def test_alert_regions_point_somewhere_even_below_the_map_threshold():
+    residual = np.zeros((16, 16), np.float32)
+    residual[4:7, 9:12] = (
+        0.6  # peak below the threshold of 1.0: a score-level alert, no pixel above threshold
+    )
+    assert alert_regions(residual, 1.0, anomalous=False, out_hw=(32, 32)) == ()
+    (region,) = alert_regions(residual, 1.0, anomalous=True, out_hw=(32, 32))
+    assert (region.x, region.y, region.w, region.h) == (18, 8, 6, 6)
+    assert region.score == pytest.approx(0.6)
+    assert alert_regions(np.zeros((8, 8), np.float32), 1.0, anomalous=True, out_hw=(8, 8)) == ()

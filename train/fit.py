@@ -223,28 +223,43 @@ def run_config(
     }
 
 
+def training_splits(data: str):
+    """(dataset, good train, good val, anomalous val) samples; one-line errors when a split a fit needs is empty.
+
+    Shared by every fit (CAE and feature-distance) so they train and calibrate on exactly the same images.
+    """
+    from train.data import load_dataset
+
+    dataset = load_dataset(data)
+    train_good = [s for s in dataset.split("train") if not s.anomalous]
+    val = dataset.split("val")
+    val_good = [s for s in val if not s.anomalous]
+    val_anom = [s for s in val if s.anomalous]
+    if not train_good:
+        raise UserError(f"--data {data}: no good training images found")
+    if not val_good:
+        raise UserError(f"--data {data}: no good validation images (need at least one held-out good image)")
+    return dataset, train_good, val_good, val_anom
+
+
+def make_run_dir(out: str) -> Path:
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot create ({exc.strerror or exc})") from None
+    return path
+
+
 def fit(fc: FitConfig) -> int:
     """Train, checkpoint, calibrate, write config.json. Returns the exit code (130 when interrupted)."""
     fc.validate()
     cae = fc.cae_config()
-    from train.data import load_dataset, load_images
+    from train.data import load_images
 
-    dataset = load_dataset(fc.data)
-    train_samples = [s for s in dataset.split("train") if not s.anomalous]
-    val_samples = dataset.split("val")
-    val_good = [s for s in val_samples if not s.anomalous]
-    val_anom = [s for s in val_samples if s.anomalous]
-    if not train_samples:
-        raise UserError(f"--data {fc.data}: no good training images found")
-    if not val_good:
-        raise UserError(
-            f"--data {fc.data}: no good validation images (need at least one held-out good image)"
-        )
-    out = Path(fc.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
+    dataset, train_samples, val_good, val_anom = training_splits(fc.data)
+    val_samples = val_good + val_anom
+    out = make_run_dir(fc.out)
 
     spec = InputSpec(height=cae.input_size, width=cae.input_size, channels=cae.channels)
     log.info(

@@ -70,25 +70,13 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     """Build the bank and calibrate; writes RUN_DIR/{model.keras, bank.npz, config.json}. Returns config."""
     fc.validate()
     from train.calibrate import calibrate_threshold
-    from train.data import load_dataset, load_images
+    from train.data import load_images
     from train.features import BankRecipe, build_bank, extract
-    from train.fit import git_commit, library_versions, write_json
+    from train.fit import git_commit, library_versions, make_run_dir, training_splits, write_json
 
     started = time.time()
-    dataset = load_dataset(fc.data)
-    train_s = [s for s in dataset.split("train") if not s.anomalous]
-    val_s = [s for s in dataset.split("val") if not s.anomalous]
-    if not train_s:
-        raise UserError(f"--data {fc.data}: no good training images found")
-    if not val_s:
-        raise UserError(
-            f"--data {fc.data}: no good validation images (need at least one held-out good image)"
-        )
-    out = Path(fc.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
+    dataset, train_s, val_s, _ = training_splits(fc.data)
+    out = make_run_dir(fc.out)
 
     model, spec, desc = feature_model_for(fc)
     log.info("extracting %s features: %d train, %d val images", fc.method, len(train_s), len(val_s))
