@@ -26,6 +26,24 @@ def broker(tmp_path):
     b.stop()
 
 
+# The keys `train evaluate --json` and bundle.json `metrics` must carry (DESIGN section 3).
+DESIGN_METRIC_KEYS = frozenset(
+    {
+        "image_auroc",
+        "pixel_auroc",
+        "f1",
+        "precision",
+        "recall",
+        "threshold",
+        "n_good",
+        "n_anomalous",
+        "per_defect",
+        "score_method",
+        "model",
+    }
+)
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run `python -m <module> args...` as a user would; returns CompletedProcess with text output."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}

@@ -17,21 +17,12 @@ from edge.bundle import sha256_file
 from edge.interpreter import load_interpreter
 from edge.preprocess import InputSpec, preprocess, read_image
 from edge.scorer import Scorer
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import DESIGN_METRIC_KEYS, assert_one_line_error, run_cli
 
-DESIGN_METRIC_KEYS = {
-    "image_auroc",
-    "pixel_auroc",
-    "f1",
-    "precision",
-    "recall",
-    "threshold",
-    "n_good",
-    "n_anomalous",
-    "per_defect",
-    "score_method",
-    "model",
-}
+
+def _convert(run, data, out, *extra: str):
+    """`python -m convert` as a user runs it."""
+    return run_cli("convert", "--model", str(run), "--data", str(data), "--out", str(out), *extra)
 
 
 def _json(path):
@@ -170,17 +161,7 @@ def test_same_decision_as_the_float_model_on_clear_cases(tiny_bundle, float_mode
 def test_float32_conversion_reproduces_keras_scores(tiny_run, float_model, tiny_dataset, tmp_path):
     """The SavedModel export route keeps the weights: a float32 .tflite scores like Keras to float precision."""
     out = tmp_path / "f32"
-    proc = run_cli(
-        "convert",
-        "--model",
-        str(tiny_run),
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(out),
-        "--quant",
-        "float32",
-    )
+    proc = _convert(tiny_run, tiny_dataset, out, "--quant", "float32")
     assert proc.returncode == 0, proc.stderr[-2000:]
     b = _json(out / "bundle.json")
     assert b["quantization"]["type"] == "float32" and b["input"]["dtype"] == "float32"
@@ -190,17 +171,7 @@ def test_float32_conversion_reproduces_keras_scores(tiny_run, float_model, tiny_
     img = read_image(_images(tiny_dataset, "test/good")[0])
     assert scorer.score(img).score == pytest.approx(_float_decision(float_model, img)[0], rel=1e-3)
     # converting again over an existing bundle replaces it atomically
-    proc = run_cli(
-        "convert",
-        "--model",
-        str(tiny_run),
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(out),
-        "--quant",
-        "float16",
-    )
+    proc = _convert(tiny_run, tiny_dataset, out, "--quant", "float16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _json(out / "bundle.json")["quantization"]["type"] == "float16"
     Scorer(out)
@@ -208,29 +179,11 @@ def test_float32_conversion_reproduces_keras_scores(tiny_run, float_model, tiny_
 
 def test_convert_errors_are_one_line(tiny_run, tiny_dataset, tmp_path):
     assert_one_line_error(
-        run_cli(
-            "convert",
-            "--model",
-            str(tmp_path / "none"),
-            "--data",
-            str(tiny_dataset),
-            "--out",
-            str(tmp_path / "b"),
-        ),
+        _convert(tmp_path / "none", tiny_dataset, tmp_path / "b"),
         "run folder not found",
     )
     assert_one_line_error(
-        run_cli(
-            "convert",
-            "--model",
-            str(tiny_run),
-            "--data",
-            str(tiny_dataset),
-            "--out",
-            str(tmp_path / "b"),
-            "--quant",
-            "int4",
-        ),
+        _convert(tiny_run, tiny_dataset, tmp_path / "b", "--quant", "int4"),
         "--quant",
     )
     busy = tmp_path / "busy"
