@@ -9,7 +9,7 @@ PIP    := $(VENV)/bin/pip
 DATA   ?= data/dsm100
 PRESET ?= dsm100
 
-.PHONY: help setup setup-edge run test lint format data model bench deploy clean
+.PHONY: help setup setup-edge run test lint format data model bench deploy clean dashboard pull-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -110,6 +110,13 @@ bench: bench-train bench-latency bench-daemon  ## all benchmarks (results in ben
 # make hands its command-line variables to the script through the environment; no secret passes through here.
 deploy:  ## ship edge/ + a bundle to DEVICE=user@host over SSH as a systemd service (health check, rollback)
 	@bash scripts/deploy.sh
+
+# DEVICE=user@host [SSH_PORT=22] [OUT=data/feedback-<host>] [DATASET_DIR=/var/lib/dishwatch/feedback]
+pull-data:  ## copy the staff-feedback dataset (MVTec layout) from DEVICE=user@host into data/feedback-<host>
+	@bash scripts/pull-data.sh
+
+dashboard: setup-edge  ## the pass dashboard on http://127.0.0.1:8080/ for the broker mqtt://127.0.0.1:1883
+	$(PY) -m edge dashboard --mqtt mqtt://127.0.0.1:1883 --port 8080
 
 clean:  ## remove the virtual environment and caches (keeps data/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

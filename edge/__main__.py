@@ -1,4 +1,4 @@
-"""`python -m edge {score,run,check-config,clip}`. Handlers are imported lazily to keep start-up light."""
+"""`python -m edge {score,run,check-config,dashboard,clip}`. Handlers are imported lazily to keep start-up light."""
 
 from __future__ import annotations
 
@@ -27,6 +27,23 @@ def build_parser() -> OneLineParser:
     c = sub.add_parser("check-config", help="validate a config and print it resolved (exit 0 ok, 2 bad)")
     c.add_argument("config", help="TOML config file")
     c.set_defaults(handler="edge.config:cli_check")
+
+    d = sub.add_parser("dashboard", help="the pass dashboard: live slots, events, health, staff feedback")
+    d.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL, mqtt:// or mqtts://")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    d.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    d.add_argument("--base-topic", default="dishwatch", help="the cameras' mqtt.base_topic")
+    d.add_argument("--username", default="", help="MQTT user name")
+    d.add_argument("--password-file", default="", help="file whose first line is the MQTT password")
+    d.add_argument("--ca-file", default="", help="CA bundle for mqtts:// (default: the system's)")
+    d.add_argument("--client-id", default="", help="MQTT client id (default: dishwatch-dashboard-<n>)")
+    d.add_argument(
+        "--stale-after",
+        type=float,
+        default=75.0,
+        help="seconds without stats before a camera gets a banner (default 75 = 2.5 x the 30-s interval)",
+    )
+    d.set_defaults(handler="edge.dashboard:cli_main")
 
     k = sub.add_parser("clip", help="render a synthetic service clip of the pass")
     k.add_argument("--data", required=True, help="dataset folder whose test split supplies the plates")

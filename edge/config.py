@@ -112,6 +112,16 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Staff feedback from the dashboard becomes training data (edge/feedback.py)."""
+
+    enabled: bool = True
+    crops_dir: str = ""  # unannotated crops of recent events; empty = <folder of mqtt.spool>/crops
+    dataset_dir: str = ""  # MVTec layout, feedback filed here; empty = <folder of mqtt.spool>/feedback
+    max_crops: int = 500  # crops kept (oldest pruned): feedback for an older event is answered "expired"
+
+
+@dataclass(frozen=True)
 class Config:
     camera: CameraConfig
     slots: tuple[SlotConfig, ...]
@@ -120,6 +130,7 @@ class Config:
     gate: GateConfig = GateConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     health: HealthConfig = HealthConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     path: str = ""  # the file it came from; relative paths in it are resolved against its folder
 
     def resolved(self) -> dict[str, Any]:
@@ -194,20 +205,39 @@ def _camera_source(raw: Any, base: Path) -> str:
     return _resolve_path(base, s)
 
 
+def read_password_file(path: str | Path, key: str = "mqtt.password_file") -> str:
+    """The first line of a password file; a UserError naming `key` (never the content) when unreadable."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UserError(f"{key}: cannot read {p} ({exc.strerror or exc})") from None
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 def _read_password(m: MqttConfig, base: Path) -> str:
     if m.password_file:
-        p = Path(_resolve_path(base, m.password_file))
-        try:
-            return p.read_text().strip()
-        except OSError as exc:
-            raise UserError(f"mqtt.password_file: cannot read {p} ({exc.strerror or exc})") from None
+        return read_password_file(_resolve_path(base, m.password_file))
     return os.environ.get(PASSWORD_ENV, "")
+
+
+def check_mqtt_url(url: str, key: str = "mqtt.url") -> str:
+    """mqtt://host[:port] or mqtts://host[:port], else a UserError naming `key`. Shared with the dashboard."""
+    try:
+        u = urlparse(url)
+        u.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        u = None
+    if u is None or u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise UserError(f"{key}: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+    return url
 
 
 def parse(data: dict, path: str | Path = "<config>") -> Config:
     """Validate a parsed TOML document; raises UserError naming the offending key."""
     base = Path(path).resolve().parent if str(path) != "<config>" else Path.cwd()
-    known = {"camera", "slots", "model", "mqtt", "gate", "snapshot", "health"}
+    known = {"camera", "slots", "model", "mqtt", "gate", "snapshot", "health", "feedback"}
     for key in data:
         if key not in known:
             raise UserError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -259,9 +289,7 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
         raise UserError(f"model.bundle: {bundle} is not a bundle folder (needs bundle.json and model.tflite)")
 
     mqtt = _build(MqttConfig, data.get("mqtt", {}), "mqtt", skip=("password",))
-    scheme = urlparse(mqtt.url).scheme
-    if scheme not in ("mqtt", "mqtts") or not urlparse(mqtt.url).hostname:
-        raise UserError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {mqtt.url!r}")
+    check_mqtt_url(mqtt.url)
     if mqtt.ca_file:
         ca = Path(_resolve_path(base, mqtt.ca_file))
         if not ca.is_file():
@@ -288,7 +316,23 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
         raise UserError(f"snapshot.jpeg_quality: must be 1..100, got {snapshot.jpeg_quality}")
     health = _build(HealthConfig, data.get("health", {}), "health")
     _positive(health.watchdog_max_stall_s, "health.watchdog_max_stall_s")
-    return Config(camera, tuple(slots), model, mqtt, gate, snapshot, health, str(path))
+    feedback = _feedback(data.get("feedback", {}), base, Path(mqtt.spool).parent)
+    return Config(camera, tuple(slots), model, mqtt, gate, snapshot, health, feedback, str(path))
+
+
+def _feedback(table: Any, base: Path, state_dir: Path) -> FeedbackConfig:
+    """[feedback]: empty folders default to siblings of the spool (the state directory the service may write)."""
+    fb = _build(FeedbackConfig, table, "feedback")
+    if fb.max_crops < 1:
+        raise UserError(f"feedback.max_crops: must be >= 1, got {fb.max_crops}")
+    crops = _resolve_path(base, fb.crops_dir) or str(state_dir / "crops")
+    dataset = _resolve_path(base, fb.dataset_dir) or str(state_dir / "feedback")
+    for key, p in (("crops_dir", crops), ("dataset_dir", dataset)):
+        if Path(p).exists() and not Path(p).is_dir():
+            raise UserError(f"feedback.{key}: {p} exists and is not a folder")
+    if Path(crops).resolve() == Path(dataset).resolve():
+        raise UserError("feedback.dataset_dir: must differ from feedback.crops_dir")
+    return FeedbackConfig(fb.enabled, crops, dataset, fb.max_crops)
 
 
 def load(path: str | Path) -> Config:

@@ -23,6 +23,7 @@ import cv2
 from edge.camera import Grabber
 from edge.config import Config, load
 from edge.events import make_event
+from edge.feedback import CropStore, FeedbackFiler
 from edge.gate import SlotGate, crop
 from edge.health import Notifier, Watchdog
 from edge.snapshot import snapshot_jpeg
@@ -54,6 +55,16 @@ class Daemon:
         self.stats = Stats()
         self.watchdog = Watchdog(notifier or Notifier(), cfg.health.watchdog_max_stall_s)
         self.frame_hw: tuple[int, int] | None = None
+        self.crops = self._feedback_hooks(cfg)
+
+    def _feedback_hooks(self, cfg: Config) -> CropStore | None:
+        """Keep each event's crop and file the dashboard's feedback on it (edge/feedback.py)."""
+        if not cfg.feedback.enabled:
+            return None
+        crops = CropStore(cfg.feedback.crops_dir, cfg.feedback.max_crops)
+        filer = FeedbackFiler(crops, cfg.feedback.dataset_dir)
+        self.publisher.subscribe(f"{self.base}/feedback", filer.on_message)
+        return crops
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -123,6 +134,8 @@ class Daemon:
             wall=frame.wall,
             position_s=frame.position_s,
         )
+        if self.crops is not None:
+            self.crops.save(event["id"], c)  # before the event is out: feedback on it can find the crop
         self.publisher.publish_event(event)
         self.stats.events += 1
         self.stats.anomalies += bool(result.anomalous)

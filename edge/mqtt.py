@@ -55,6 +55,24 @@ def describe_connect_error(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def apply_tls_and_auth(
+    c: mqtt.Client, cfg: MqttConfig, ca_key: str = "mqtt.ca_file", user_key: str = "mqtt.username"
+) -> None:
+    """TLS (mqtts://, with cfg.ca_file or the system CAs) and credentials; shared by the daemon and the dashboard.
+
+    The keys name where the value came from (a config key or a command-line flag) in the one-line errors.
+    """
+    if cfg.tls:
+        try:
+            c.tls_set(ca_certs=cfg.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"{ca_key}: cannot load {cfg.ca_file or 'the system CAs'} ({exc})") from None
+    if cfg.username:
+        c.username_pw_set(cfg.username, cfg.password or None)
+    elif cfg.password:
+        log.warning("a password is configured but %s is empty; no credentials are sent", user_key)
+
+
 class Publisher:
     """Publishes one camera's topics under `<base_topic>/<camera_id>`; see the module docstring for the why."""
 
@@ -194,17 +212,7 @@ class Publisher:
         )
         c.will_set(self.availability_topic, "offline", qos=1, retain=True)
         c.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
-        if cfg.tls:
-            try:
-                c.tls_set(ca_certs=cfg.ca_file or None)
-            except (OSError, ssl.SSLError) as exc:
-                raise UserError(
-                    f"mqtt.ca_file: cannot load {cfg.ca_file or 'the system CAs'} ({exc})"
-                ) from None
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password or None)
-        elif cfg.password:
-            log.warning("a password is configured but mqtt.username is empty; no credentials are sent")
+        apply_tls_and_auth(c, cfg)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect

@@ -9,6 +9,8 @@ declare -A NEED=(
   [mosquitto_sub]=mosquitto-clients
   [sshd]=openssh-server    # the deploy tests run a real sshd on a loopback port
   [ssh]=openssh-client     # make deploy, and ssh-keygen for the tests' throwaway keys
+  [chromium]=chromium      # the dashboard's browser tests (headless, loopback only)
+  [chromedriver]=chromium-driver
 )
 
 missing=()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# `make pull-data DEVICE=user@host`: copy the staff-feedback dataset (MVTec layout: train/good/ for false alarms,
+# test/<defect>/ for confirmed defects) from a device into data/feedback-<host>/, ready for
+# `python -m train inspect --data` and `python -m train fit --data`.
+#
+# Why tar over one ssh call instead of rsync or scp: it needs nothing on the device beyond a shell and tar, reads
+# the service's state directory with the same sudo rule as `make deploy`, and a failed transfer leaves the local
+# folder as it was (the archive is checked before it is unpacked). Pulling again merges: a relabelled image is
+# replaced, nothing local is deleted.
+#
+# Settings (environment; make passes its command-line variables through):
+#   DEVICE        user@host (required);  SSH_PORT (default 22);  DEPLOY_SSH_OPTS: extra ssh options (e.g. -i KEY)
+#   DATASET_DIR   the device's feedback.dataset_dir (default /var/lib/dishwatch/feedback, as in the example config)
+#   OUT           local folder (default data/feedback-<host>)
+#   DEPLOY_SUDO   auto (sudo -n when the SSH user is not root) | 1 | 0
+# shellcheck disable=SC2015  # `A && B || die`: die is meant to run when either check fails
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() {
+  echo "pull-data: error: $*" >&2
+  exit 2
+}
+
+DEVICE=${DEVICE:-}
+SSH_PORT=${SSH_PORT:-22}
+DATASET_DIR=${DATASET_DIR:-/var/lib/dishwatch/feedback}
+DEPLOY_SSH_OPTS=${DEPLOY_SSH_OPTS:-}
+DEPLOY_SUDO=${DEPLOY_SUDO:-auto}
+
+[ -n "$DEVICE" ] || die "DEVICE is not set: make pull-data DEVICE=user@host"
+[[ "$DEVICE" =~ ^([A-Za-z0-9._-]+@)?[A-Za-z0-9._:-]+$ ]] || die "DEVICE: expected user@host, got '$DEVICE'"
+[[ "$SSH_PORT" =~ ^[0-9]+$ ]] && [ "$SSH_PORT" -ge 1 ] && [ "$SSH_PORT" -le 65535 ] ||
+  die "SSH_PORT: expected a port number, got '$SSH_PORT'"
+[[ "$DATASET_DIR" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "DATASET_DIR: expected an absolute path, got '$DATASET_DIR'"
+[[ "$DEPLOY_SUDO" =~ ^(auto|0|1)$ ]] || die "DEPLOY_SUDO: expected auto, 0 or 1, got '$DEPLOY_SUDO'"
+host=${DEVICE#*@}
+OUT=${OUT:-data/feedback-${host//:/_}}
+command -v ssh >/dev/null || die "ssh not found: apt-get install openssh-client"
+
+# shellcheck disable=SC2016  # auto is expanded by the device's shell: sudo only when the SSH user is not root
+case "$DEPLOY_SUDO" in
+  1) sudo='sudo -n' ;;
+  0) sudo='' ;;
+  *) sudo='$([ "$(id -u)" -eq 0 ] || echo sudo -n)' ;;
+esac
+# Exit 3 = no dataset yet (no feedback filed on that device), told apart from ssh's own 255.
+remote="$sudo sh -c 'test -d \"$DATASET_DIR\" || exit 3; tar -C \"$DATASET_DIR\" -cf - --exclude=\".*.tmp\" .'"
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/dishwatch-pull.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+read -ra ssh_opts <<<"$DEPLOY_SSH_OPTS"
+echo "==> pulling $DEVICE:$DATASET_DIR into $OUT"
+set +e
+ssh -o BatchMode=yes -p "$SSH_PORT" "${ssh_opts[@]}" "$DEVICE" "$remote" >"$stage/data.tar" 2>"$stage/ssh.err"
+rc=$?
+set -e
+case $rc in
+  0) ;;
+  3) die "$DEVICE has no $DATASET_DIR yet (no feedback filed there; or set DATASET_DIR to its feedback.dataset_dir)" ;;
+  255) die "ssh to $DEVICE (port $SSH_PORT) failed: check the address, the port and that your key is authorized" ;;
+  *) die "reading $DATASET_DIR on $DEVICE failed (exit $rc): $(tr '\n' ' ' <"$stage/ssh.err" | cut -c1-300)" ;;
+esac
+tar -tf "$stage/data.tar" >/dev/null 2>&1 || die "the archive from $DEVICE is damaged; nothing was changed in $OUT"
+mkdir -p "$OUT"
+tar -C "$OUT" -xf "$stage/data.tar" --no-same-owner
+count() { if [ -d "$1" ]; then find "$1" -type f | wc -l; else echo 0; fi; }
+good=$(count "$OUT/train/good")
+defects=$(count "$OUT/test")
+echo "==> $OUT: $good false alarm(s) in train/good, $defects confirmed defect(s) in test/"
+echo "    check it: python -m train inspect --data $OUT"
