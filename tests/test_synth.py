@@ -43,6 +43,27 @@ def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
     assert not [k for k in same if k.endswith(".png")], same
 
 
+def _border_means(root: Path) -> np.ndarray:
+    """Mean colour of each good training photo's 6-px frame: the counter, never the dish."""
+    out = []
+    for p in sorted((root / "train" / "good").rglob("*.png")):
+        img = cv2.imread(str(p)).astype(np.float32)
+        frame = np.concatenate([img[:6].reshape(-1, 3), img[-6:].reshape(-1, 3)])
+        out.append(frame.mean(axis=0))
+    return np.array(out)
+
+
+def test_fixed_scene_keeps_one_counter_varied_draws_many(tiny, tmp_path):
+    """A real pass has one counter under one camera: with scene "fixed" (the default) the background of every
+    photo is the same surface, give or take light drift; "varied" draws a new counter each time."""
+    assert json.loads((tiny / "meta.json").read_text())["scene"] == "fixed"
+    varied = tmp_path / "varied"
+    synth.generate("tiny", varied, seed=0, size=64, scene="varied")
+    fixed_spread = _border_means(tiny).std(axis=0).mean()
+    varied_spread = _border_means(varied).std(axis=0).mean()
+    assert fixed_spread < 0.4 * varied_spread, (fixed_spread, varied_spread)
+
+
 def test_layout_and_meta(tiny):
     meta = json.loads((tiny / "meta.json").read_text())
     assert meta["generator"] == synth.GENERATOR and meta["complete"] is True
@@ -175,6 +196,7 @@ def test_cli_writes_and_summarises(tmp_path):
         (["--preset", "tiny", "--size", "2048"], "--size"),
         (["--preset", "huge"], "--preset"),
         (["--preset", "tiny", "--seed", "-1"], "--seed"),
+        (["--preset", "tiny", "--scene", "beach"], "--scene"),
     ],
 )
 def test_cli_bad_arguments_are_one_line(tmp_path, args, needle):

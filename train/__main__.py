@@ -21,6 +21,12 @@ def build_parser() -> OneLineParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--seed", type=int, default=0, help="random seed (the output is deterministic for a seed)")
     s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument(
+        "--scene",
+        default="fixed",
+        help="fixed: one pass (counter, light, camera) for every photo, as a real installation (default); "
+        "varied: a new counter and light per photo",
+    )
     s.set_defaults(handler="train.synth:cli_main")
 
     i = sub.add_parser("inspect", help="show the layout found and counts per split, dish and defect")

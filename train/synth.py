@@ -10,7 +10,7 @@ Layout written (DESIGN.md section 2):
     DIR/ground_truth/<defect>/<dish>/<n>_mask.png (uint8 0/255, white = defective),
     DIR/meta.json (preset, seed, size, generator version, and per test image: defect, kind, dish, severity),
     DIR/contact_sheet.png (good samples and defects with their mask outlined).
-The bytes written are a function of (preset, seed, size) only: every image has its own generator seeded from
+The bytes written are a function of (preset, seed, size, scene) only: every image has its own generator seeded from
 (seed, split, defect, index).
 """
 
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from edge.errors import UserError
-from train.synth_render import Light, camera, composite, mark_hidden, render_counter
+from train.synth_render import COUNTER_KINDS, Light, Optics, camera, composite, mark_hidden, render_counter
 from train.synth_scene import (
     DEFECTS,
     SEVERITIES,
@@ -43,7 +43,8 @@ from train.synth_scene import (
 log = logging.getLogger(__name__)
 
 GENERATOR = "dishwatch.synth"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: one fixed pass (counter, key light, optics) per dataset by default
+SCENES = ("fixed", "varied")
 MIN_SIZE, MAX_SIZE = 32, 1024
 OWNED = ("train", "test", "ground_truth", "meta.json", "contact_sheet.png")
 SPLIT_CODE = {"train": 1, "test": 2}
@@ -113,11 +114,55 @@ def plan(preset: str, seed: int) -> list[Item]:
 # --- rendering ----------------------------------------------------------------------------------------
 
 
-def render_layers(layers, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counter, key light, layers, camera: a uint8 BGR photo and the float defect coverage of its pixels."""
+@dataclass(frozen=True)
+class Venue:
+    """One pass as its bolted camera sees it: the same counter, key light and optics in every photo.
+
+    Why: a real data set comes from one pass. Drawing a new counter per photo (scene "varied") makes the
+    background, not the dish, the biggest difference between two good photos, which no real kitchen shows and
+    which buries every defect under background variation. A little camera shake, light drift and white-balance
+    drift per photo remain.
+    """
+
+    counter: np.ndarray  # float32 BGR, SHAKE px larger than the photo on every side
+    azimuth: float  # radians
+    elevation: float
+    optics: Optics
+    shake: int
+
+    @classmethod
+    def make(cls, seed: int, size: int) -> Venue:
+        rng = np.random.default_rng([seed, 0x7A55])
+        shake = max(1, round(size / 128))
+        kind = str(rng.choice(COUNTER_KINDS, p=[0.5, 0.25, 0.25]))
+        counter = render_counter(rng, size + 2 * shake, size + 2 * shake, kind)
+        azimuth = math.radians(-135 + rng.normal(0, 15))
+        return cls(counter, azimuth, math.radians(rng.uniform(42, 62)), Optics.random(rng), shake)
+
+    def background(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        dx, dy = (int(v) for v in rng.integers(0, 2 * self.shake + 1, size=2))
+        return self.counter[dy : dy + size, dx : dx + size].copy()
+
+    def light(self, rng: np.random.Generator) -> Light:
+        return Light.from_angles(
+            self.azimuth + math.radians(rng.normal(0, 4)), self.elevation + math.radians(rng.normal(0, 3))
+        )
+
+
+def render_layers(
+    layers, rng: np.random.Generator, size: int, venue: Venue | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counter, key light, layers, camera: a uint8 BGR photo and the float defect coverage of its pixels.
+
+    With a `venue` the counter, light and optics are the pass's own; without, each photo draws its own.
+    """
     px = size / 256.0
-    img = render_counter(rng, size, size)
-    light = Light.from_angles(math.radians(-135 + rng.normal(0, 15)), math.radians(rng.uniform(42, 62)))
+    if venue is None:
+        img = render_counter(rng, size, size)
+        light = Light.from_angles(math.radians(-135 + rng.normal(0, 15)), math.radians(rng.uniform(42, 62)))
+    else:
+        img = venue.background(rng, size)
+        light = venue.light(rng)
     acc = np.zeros((size, size), np.float32)
     for layer in layers:
         paint = paint_layer(layer, px)
@@ -125,11 +170,11 @@ def render_layers(layers, rng: np.random.Generator, size: int) -> tuple[np.ndarr
             mark_hidden(paint, acc)
         else:
             composite(img, paint, light, acc, layer.tagged)
-    return camera(img, rng), acc
+    return camera(img, rng, venue.optics if venue else None), acc
 
 
 def render_item(
-    item: Item, menu: list[Dish], seed: int, size: int
+    item: Item, menu: list[Dish], seed: int, size: int, venue: Venue | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """One photo (uint8 BGR), its mask (uint8 0/255, None for good images) and the defect's sub-kind."""
     rng = np.random.default_rng([seed, SPLIT_CODE[item.split], DEFECT_CODE[item.defect], item.number])
@@ -144,7 +189,7 @@ def render_item(
             kind = apply_defect(item.defect, scene, dish, rng, item.severity, size / 256.0)
         elif item.defect == "unknown_meal":
             kind = dish.name.split("_", 1)[1] if item.severity == "obvious" else "new_combination"
-        img, acc = render_layers(scene.layers, rng, size)
+        img, acc = render_layers(scene.layers, rng, size, venue)
         if item.defect == "good":
             return img, None, ""
         mask = np.where(acc > 0.3, 255, 0).astype(np.uint8)
@@ -247,27 +292,34 @@ class Summary:
     seconds: float
 
 
-def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256) -> Summary:
-    """Write the whole dataset for (preset, seed, size) into `out`; see the module docstring for the layout."""
+def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene: str = "fixed") -> Summary:
+    """Write the whole dataset for (preset, seed, size, scene) into `out`; see the module docstring.
+
+    scene "fixed": one pass (counter, light, optics) for every photo, as a real installation; "varied": each
+    photo on its own counter under its own light (a harder, less realistic set, kept to test robustness).
+    """
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
     if seed < 0:
         raise UserError(f"--seed must be 0 or more, got {seed}")
+    if scene not in SCENES:
+        raise UserError(f"--scene: unknown scene {scene!r} (choose from {', '.join(SCENES)})")
     out = Path(out)
     prepare_out(out)
     t0 = time.perf_counter()
     items = plan(preset, seed)
     menu = make_menu(seed, PRESETS[preset].dishes)
+    venue = Venue.make(seed, size) if scene == "fixed" else None
     meta = {"generator": GENERATOR, "version": GENERATOR_VERSION, "preset": preset, "seed": seed, "size": size,
-            "complete": False}  # fmt: skip
+            "scene": scene, "complete": False}  # fmt: skip
     (out / "meta.json").write_text(json.dumps(meta))  # marks the folder as ours even if the run is cut short
     picks = {it.path: None for it in _sheet_picks(items)}
     images: dict[str, dict] = {}
     counts: dict[str, int] = {}
     for n, it in enumerate(items):
-        img, mask, kind = render_item(it, menu, seed, size)
+        img, mask, kind = render_item(it, menu, seed, size, venue)
         _write_png(out / it.path, img)
         key = f"{it.split}/{it.defect}"
         counts[key] = counts.get(key, 0) + 1
@@ -300,7 +352,7 @@ def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256) -> Su
 
 def cli_main(args) -> int:
     """Handler of `python -m train synth`."""
-    s = generate(args.preset, args.out, seed=args.seed, size=args.size)
+    s = generate(args.preset, args.out, seed=args.seed, size=args.size, scene=args.scene)
     total = sum(s.counts.values())
     defects = sum(v for k, v in s.counts.items() if not k.endswith("/good"))
     print(

@@ -332,18 +332,48 @@ def mark_hidden(paint: Paint, defect_acc: np.ndarray) -> None:
 # --- the camera ---------------------------------------------------------------------------------------
 
 
-def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Light level, white balance, vignette, lens blur, sensor noise and JPEG artefacts -> uint8 BGR."""
+@dataclass(frozen=True)
+class Optics:
+    """What one camera installation contributes to every photo it takes: light fall-off, vignette, lens blur.
+
+    Why fixed per installation: a camera bolted over a pass sees the same ramp and vignette all day; only the
+    light level, white balance and noise move from photo to photo.
+    """
+
+    ramp_angle: float
+    ramp: float
+    vignette: float
+    blur: float  # lens blur sigma at 256 px
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Optics:
+        return cls(
+            rng.uniform(0, 2 * math.pi),
+            rng.uniform(0.03, 0.12),
+            rng.uniform(0.08, 0.2),
+            rng.uniform(0.35, 0.9),
+        )
+
+
+def camera(img: np.ndarray, rng: np.random.Generator, optics: Optics | None = None) -> np.ndarray:
+    """Light level, white balance, vignette, lens blur, sensor noise and JPEG artefacts -> uint8 BGR.
+
+    `optics` fixes the installation's ramp, vignette and blur (a fixed camera); None draws them per photo.
+    """
     h, w = img.shape[:2]
     scale = max(h, w) / 256.0
     y = np.linspace(-1, 1, h, dtype=F32)[:, None]
     x = np.linspace(-1, 1, w, dtype=F32)[None, :]
-    a = rng.uniform(0, 2 * math.pi)
-    ramp = 1.0 + rng.uniform(0.03, 0.12) * (x * math.cos(a) + y * math.sin(a))
-    vignette = 1.0 - rng.uniform(0.08, 0.2) * (x * x + y * y)
-    gain = rng.uniform(0.85, 1.12) * rng.uniform(0.97, 1.03, size=3).astype(F32)
+    if optics is None:
+        optics = Optics.random(rng)
+        gain = rng.uniform(0.85, 1.12) * rng.uniform(0.97, 1.03, size=3).astype(F32)
+    else:  # one installation: the light level and white balance drift a little over a service
+        gain = rng.uniform(0.94, 1.06) * rng.uniform(0.985, 1.015, size=3).astype(F32)
+    a = optics.ramp_angle
+    ramp = 1.0 + optics.ramp * (x * math.cos(a) + y * math.sin(a))
+    vignette = 1.0 - optics.vignette * (x * x + y * y)
     img = img * (ramp * vignette)[..., None] * gain
-    sig = rng.uniform(0.35, 0.9) * math.sqrt(scale)  # a sharper lens on a larger sensor
+    sig = optics.blur * math.sqrt(scale)  # a sharper lens on a larger sensor
     img = cv2.GaussianBlur(img, (0, 0), sig)
     noise = rng.standard_normal(img.shape).astype(F32)
     lum_noise = rng.standard_normal((h, w, 1)).astype(F32)
