@@ -183,6 +183,14 @@ def item_js(eid: str) -> str:
     return f"document.querySelector('#feed li[data-id=\"{eid}\"]')"
 
 
+def open_connected(driver, url: str) -> None:
+    """Load the page and wait until it says its server is connected to the broker."""
+    driver.get(url)
+    wait_js(
+        driver, "return document.querySelector('#broker').textContent === 'broker connected'", what="connect"
+    )
+
+
 def snapshot_loaded(driver, eid: str, timeout: float = 15) -> None:
     wait_js(
         driver,
@@ -284,10 +292,7 @@ def test_live_events_states_health_and_snapshots(browser, broker, dashboard):
 
 
 def test_broker_restart_is_survived_and_shown(browser, broker, dashboard):
-    browser.get(dashboard.url)
-    wait_js(
-        browser, "return document.querySelector('#broker').textContent === 'broker connected'", what="connect"
-    )
+    open_connected(browser, dashboard.url)
     broker.stop()
     wait_js(browser, "return document.querySelector('#banners').textContent.includes('reconnecting')", 15)
     broker.start()
@@ -303,10 +308,7 @@ def test_broker_restart_is_survived_and_shown(browser, broker, dashboard):
 
 
 def test_markup_in_payloads_is_shown_as_text(browser, broker, dashboard):
-    browser.get(dashboard.url)
-    wait_js(
-        browser, "return document.querySelector('#broker').textContent === 'broker connected'", what="connect"
-    )
+    open_connected(browser, dashboard.url)
     evil_slot = "<img src=x onerror=window.pwned=1>"
     ev = event("left", "anomaly", 0.05, defect="<script>window.pwned=2</script>")
     ev["slot"] = evil_slot

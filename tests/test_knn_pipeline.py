@@ -171,12 +171,14 @@ def test_edge_scorer_is_tf_free_and_flags_an_obvious_defect(knn_bundle, knn_run,
 
 def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_path):
     out = tmp_path / "cae_knn"
-    args = ("--data", str(tiny_dataset), "--out", str(out), "--cae-run", str(tiny_run), "--coreset", "0.05")
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--cae-run", str(tiny_run), "--coreset", "0.05",
+            "--global-weight", "0.5")  # fmt: skip
     _ok(run_cli("train", "fit", "--method", "cae-knn", *args), "fit cae-knn")
     config = json.loads((out / "config.json").read_text())
     cae_input = json.loads((tiny_run / "config.json").read_text())["input"]
     assert config["score"]["method"] == "cae-knn" and config["input"] == cae_input
     assert config["args"]["coreset_fraction"] == 0.05 and config["threshold"] > 0
+    assert config["score"]["params"]["bank"]["global_weight"] == 0.5
 
     from edge.preprocess import InputSpec
     from train.knn_fit import score_images
@@ -193,3 +195,6 @@ def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
     assert_one_line_error(run_cli(*base, "--method", "cae-knn"), "--cae-run")
     assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--image-size", "60"), "--image-size")
     assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--coreset", "2"), "--coreset")
+    assert_one_line_error(
+        run_cli(*base, "--method", "effnet-knn", "--global-weight", "-1"), "--global-weight"
+    )

@@ -68,7 +68,7 @@ class BankRecipe:
     coreset_fraction: float = 0.01  # of all good training patches (PatchCore: 1 % did as well as 10 %)
     min_patches: int = 256
     max_patches: int = 20000  # caps the bank at a few MB whatever the data size
-    global_weight: float = 1.0
+    global_weight: float = 0.0  # see KnnFitConfig.global_weight
     seed: int = 0
 
 

@@ -359,6 +359,7 @@ def knn_cli_main(args, method: str) -> int:
             image_size=args.image_size or DEFAULT_IMAGE_SIZE[method],
             cae_run=getattr(args, "cae_run", None) or "",
             coreset_fraction=getattr(args, "coreset", 0.01),
+            global_weight=getattr(args, "global_weight", 0.0),
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )
