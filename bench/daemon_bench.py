@@ -8,9 +8,14 @@ Clocks: the clip plays in real time from T0; an event's `ts` is its frame's capt
 place in the clip, so T0 = min(ts - position_s). Two latencies are reported:
   still_to_event   timeline t_still_start -> arrival (includes the gate's deliberate gate.still_seconds wait)
   frame_to_event   capture of the frame that was scored -> arrival (crop, inference, snapshot, spool, MQTT)
-Goals: idle <= 5 % of a core, frame_to_event p95 <= 250 ms, peak RSS <= 150 MB.
+  still_to_frame   t_still_start -> the scored frame, both in clip time: the gate's share alone (the still wait
+                   and the guard ring), independent of the model's speed and of the machine's load
+Goals (issue #5): idle <= 5 % of a core, still_to_event p95 <= 250 ms (the user waits from the moment the plate
+stands still, so the goal is on still_to_event; frame_to_event is kept to show where the time goes), peak RSS
+<= 150 MB.
 
 Usage: python bench/daemon_bench.py [--bundle models/default] [--data data/dsm50] [--plates 8] [--idle 20]
+       [--still-seconds S] [--guard-px N]   (gate overrides; default: the config defaults)
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from tests.broker import Broker  # noqa: E402
 from tests.daemon_helpers import Subscriber, write_config  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-GOALS = {"idle_cpu_percent": 5.0, "frame_to_event_p95_ms": 250.0, "peak_rss_mb": 150.0}
+GOALS = {"idle_cpu_percent": 5.0, "still_to_event_p95_ms": 250.0, "peak_rss_mb": 150.0}
 
 
 def proc_sample(pid: int) -> tuple[float, float, float] | None:
@@ -71,10 +76,17 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of empty pass before the first plate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--still-seconds", type=float, default=1.0, help="gate.still_seconds (the deliberate dwell)"
+        "--still-seconds", type=float, default=None, help="gate.still_seconds (default: the config default)"
     )
+    ap.add_argument("--guard-px", type=int, default=None, help="gate.guard_px (default: the config default)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/daemon.json"))
     args = ap.parse_args()
+    from edge.config import GateConfig
+
+    gate = {
+        "still_seconds": GateConfig.still_seconds if args.still_seconds is None else args.still_seconds,
+        "guard_px": GateConfig.guard_px if args.guard_px is None else args.guard_px,
+    }
     py = sys.executable
     env = {
         **os.environ,
@@ -110,7 +122,7 @@ def main() -> int:
                 broker.url,
                 tmp / "spool.sqlite",
                 camera={"fps": 15},
-                gate={"still_seconds": args.still_seconds},
+                gate=gate,
             )
             cfg.write_text(cfg.read_text().replace("threads = 1", f"threads = {args.threads}"))
             proc = subprocess.Popen(
@@ -135,7 +147,7 @@ def main() -> int:
         sys.exit(f"daemon_bench: error: daemon exit {rc}, {len(events)} events\n{log_tail}")
 
     t0 = min(wall(e["ts"]) - e["position_s"] for e in events)
-    still_lat, frame_lat = [], []
+    still_lat, frame_lat, gate_lat = [], [], []
     for e in events:
         plate = next(
             (
@@ -150,6 +162,7 @@ def main() -> int:
         arr = arrivals[e["id"]]
         still_lat.append(1000 * (arr - (t0 + plate["t_still_start"])))
         frame_lat.append(1000 * (arr - wall(e["ts"])))
+        gate_lat.append(1000 * (e["position_s"] - plate["t_still_start"]))
     first_enter = min(p["t_enter"] for p in tl["plates"])
     last_leave = max(p["t_leave"] for p in tl["plates"])
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 1) if xs else None  # noqa: E731
@@ -168,8 +181,11 @@ def main() -> int:
         "still_to_event_p95_ms": pct(still_lat, 95),
         "frame_to_event_p50_ms": pct(frame_lat, 50),
         "frame_to_event_p95_ms": pct(frame_lat, 95),
+        "still_to_frame_p50_ms": pct(gate_lat, 50),
+        "still_to_frame_p95_ms": pct(gate_lat, 95),
         "peak_rss_mb": round(max(s[2] for s in samples), 1),
-        "gate_still_seconds": args.still_seconds,
+        "gate_still_seconds": gate["still_seconds"],
+        "gate_guard_px": gate["guard_px"],
         "model_threads": args.threads,
         "bundle": str(args.bundle),
         "cpu_count": os.cpu_count(),
@@ -177,7 +193,7 @@ def main() -> int:
     }
     res["goals_met"] = {
         "idle_cpu_percent": res["idle_cpu_percent"] <= GOALS["idle_cpu_percent"],
-        "frame_to_event_p95_ms": (res["frame_to_event_p95_ms"] or 1e9) <= GOALS["frame_to_event_p95_ms"],
+        "still_to_event_p95_ms": (res["still_to_event_p95_ms"] or 1e9) <= GOALS["still_to_event_p95_ms"],
         "peak_rss_mb": res["peak_rss_mb"] <= GOALS["peak_rss_mb"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +206,8 @@ def main() -> int:
         "still_to_event_p95_ms",
         "frame_to_event_p50_ms",
         "frame_to_event_p95_ms",
+        "still_to_frame_p50_ms",
+        "still_to_frame_p95_ms",
         "peak_rss_mb",
     ):
         goal = GOALS.get(k)

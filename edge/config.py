@@ -55,11 +55,15 @@ class GateConfig:
         0.02  # fraction of changed pixels against the empty reference = something is there
     )
     motion_fraction: float = 0.005  # fraction of pixels changed frame-to-frame = moving
-    still_seconds: float = 1.0  # no motion this long = still, score it
+    still_seconds: float = 0.1  # no motion in the slot this long (and the guard ring clear) = still, score it
     empty_seconds: float = 1.0  # back to the empty reference this long = empty
     background_alpha: float = 0.02  # how fast the empty reference follows slow light changes while empty
     analysis_width: int = 96  # slots are compared downscaled to this width (cheap gating)
     rescore_fraction: float = 0.15  # a held dish that settles this changed is scored again (swapped)
+    # The guard ring just outside each slot (edge/gate.py): an arm over a plate crosses it, so a short
+    # still_seconds is safe. Width in frame pixels; -1 = automatic (6 % of the slot's shorter side); 0 = no ring.
+    guard_px: int = -1
+    guard_relearn_seconds: float = 5.0  # a still change across the ring this long is learned as background
 
 
 @dataclass(frozen=True)
@@ -310,7 +314,12 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
 
     gate = _build(GateConfig, data.get("gate", {}), "gate")
     for f in fields(GateConfig):
-        _positive(getattr(gate, f.name), f"gate.{f.name}")
+        if f.name != "guard_px":
+            _positive(getattr(gate, f.name), f"gate.{f.name}")
+    if gate.guard_px < -1:
+        raise UserError(
+            f"gate.guard_px: must be >= 0 (0 = no guard ring) or -1 (automatic), got {gate.guard_px}"
+        )
     snapshot = _build(SnapshotConfig, data.get("snapshot", {}), "snapshot")
     if not 1 <= snapshot.jpeg_quality <= 100:
         raise UserError(f"snapshot.jpeg_quality: must be 1..100, got {snapshot.jpeg_quality}")

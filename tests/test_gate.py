@@ -1,16 +1,20 @@
-"""The per-slot gate: one score per still dish, never a moving hand, rescoring only a swapped dish."""
+"""The per-slot gate: one score per still dish, never a moving hand or a resting arm, rescoring only a swapped dish."""
 
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from edge.config import GateConfig, SlotConfig
+from edge.config import GateConfig, SlotConfig, parse
+from edge.errors import UserError
 from edge.gate import ANOMALY, BUSY, EMPTY, OK, SlotGate
-from tests.conftest import run_cli
-from tests.daemon_helpers import mini_dataset
+from tests.conftest import assert_one_line_error, run_cli
+from tests.daemon_helpers import mini_dataset, write_config
 
 FPS = 10.0
 RECT = (20, 20, 80, 80)
@@ -49,8 +53,26 @@ def _run(gate: SlotGate, frames, t0: float = 0.0):
     return scores, states
 
 
-def _gate(**kw) -> SlotGate:
-    return SlotGate(SlotConfig("a", RECT), GateConfig(**kw))
+def _gate(rect=RECT, **kw) -> SlotGate:
+    return SlotGate(SlotConfig("a", rect), GateConfig(**kw))
+
+
+def _arm(frame: np.ndarray, top: int) -> np.ndarray:
+    """A skin-coloured forearm reaching up from the bottom edge of the frame, its hand at row `top`."""
+    f = frame.copy()
+    cv2.rectangle(f, (48, top), (72, f.shape[0]), (105, 150, 205), -1)
+    cv2.ellipse(f, (60, top), (18, 10), 0, 0, 360, (95, 140, 200), -1)
+    return f
+
+
+def _arm_visit(plate: np.ndarray, pause: int) -> list[np.ndarray]:
+    """An arm comes in over the plate from below (outside the slot), rests `pause` frames, and goes away."""
+    tops = list(range(111, 55, -7))  # 111: the hand still touches the ring below the slot
+    return (
+        [_arm(plate, y) for y in tops]
+        + [_arm(plate, tops[-1])] * pause
+        + [_arm(plate, y) for y in tops[::-1]]
+    )
 
 
 def test_one_plate_scored_once_after_still_and_hand_never():
@@ -61,7 +83,8 @@ def test_one_plate_scored_once_after_still_and_hand_never():
     assert scores == [] and BUSY in states
     plate = _plate(empty)
     scores, states = _run(g, [plate] * 40, t0=5.0)  # 4 s still
-    assert len(scores) == 1 and 5.0 + 0.99 <= scores[0] <= 5.0 + 1.2
+    wait = g.cfg.still_seconds
+    assert len(scores) == 1 and 5.0 + wait - 0.01 <= scores[0] <= 5.0 + wait + 0.25
     assert states[-1] == OK
 
 
@@ -131,3 +154,138 @@ def test_gate_on_a_rendered_clip_scores_each_plate_once_inside_its_still_window(
     for p in tl["plates"]:
         hits = [t for sid, t in scored if sid == p["slot"] and p["t_still_start"] <= t <= p["t_still_end"]]
         assert len(hits) == 1, (p, scored)
+
+
+# --- the guard ring -------------------------------------------------------------------------------
+
+
+def test_a_resting_arm_is_not_scored_and_the_plate_is_scored_once_after_it_left():
+    empty = _scene()
+    plate = _plate(empty)
+    g = _gate()
+    assert g.cfg.still_seconds < 0.5, "the point of the ring: a short still wait"
+    visit = _arm_visit(plate, pause=30)  # rests 3 s: far longer than still_seconds
+    scores, states = _run(g, [empty] * 10 + [plate] + visit)
+    assert scores == [] and states[-1] == BUSY, "never scored while the arm rests over the plate"
+    t_left = (10 + 1 + len(visit)) / FPS  # the first frame without the arm
+    scores, states = _run(g, [plate] * 20, t0=t_left)
+    assert len(scores) == 1 and t_left < scores[0] <= t_left + g.cfg.still_seconds + 0.25, scores
+    assert states[-1] == OK
+    # it comes back, rests over the held plate and leaves: the same dish, no second event
+    scores, states = _run(g, _arm_visit(plate, pause=30) + [plate] * 20, t0=t_left + 2.0)
+    assert scores == [] and set(states) == {OK}
+
+
+def test_without_the_ring_a_resting_arm_is_scored_as_before():
+    """guard_px = 0: only still_seconds protects, exactly the old gate (so it must be long, about 1 s)."""
+    empty = _scene()
+    plate = _plate(empty)
+    visit = _arm_visit(plate, pause=30)
+    scores, _ = _run(_gate(guard_px=0), [empty] * 10 + [plate] + visit)
+    pause = ((11 + len(visit) - 30 - 8) / FPS, (11 + len(visit) - 8) / FPS)  # the frames the arm rests
+    hits = [t for t in scores if pause[0] <= t < pause[1]]
+    assert hits, f"a short wait without the ring scores the resting arm ({scores}): the ring is what protects"
+    g = _gate(guard_px=0, still_seconds=1.0)
+    scores, states = _run(g, [empty] * 10 + [_hand(empty, k) for k in range(40)])
+    assert scores == [] and BUSY in states
+    scores, states = _run(g, [plate] * 40, t0=5.0)
+    assert len(scores) == 1 and 5.0 + 0.99 <= scores[0] <= 5.0 + 1.2 and states[-1] == OK
+
+
+def test_a_plate_put_down_without_an_arm_is_scored_after_still_seconds():
+    empty = _scene()
+    spill = _plate(empty)
+    spill[100:103, 30:90] = 60  # its shadow spills 3 px over the border: touches only the ring's inner edge
+    for plate in (_plate(empty), spill):
+        g = _gate()
+        scores, states = _run(g, [empty] * 10 + [plate] * 10)
+        assert len(scores) == 1, scores
+        assert 1.0 + g.cfg.still_seconds - 0.01 <= scores[0] <= 1.0 + g.cfg.still_seconds + 0.25
+        assert states[-1] == OK
+
+
+def test_a_static_change_across_the_ring_blocks_until_it_is_learned():
+    """A neighbour's plate overhanging the ring (not the slot) blocks, then is learned after guard_relearn_seconds."""
+    empty = _scene()
+    neighbour = empty.copy()
+    cv2.rectangle(neighbour, (100, 30), (150, 90), (200, 200, 210), -1)  # right of the slot, across its ring
+    g = _gate(guard_relearn_seconds=2.0)
+    both = _plate(neighbour)
+    scores, _ = _run(g, [empty] * 10 + [neighbour] * 10 + [both] * 40)  # plate at 2.0 s
+    assert len(scores) == 1, scores
+    assert 3.0 <= scores[0] <= 4.5, "blocked until the ring learned the neighbour (there from 1.0 s, + 2.0 s)"
+    far = empty.copy()
+    cv2.rectangle(far, (103, 30), (150, 90), (200, 200, 210), -1)  # reaches only the ring's outer edge
+    g = _gate(guard_relearn_seconds=30.0)
+    scores, _ = _run(g, [empty] * 10 + [far] * 10 + [_plate(far)] * 10)
+    assert len(scores) == 1 and scores[0] <= 2.0 + g.cfg.still_seconds + 0.25, "not crossing: no block"
+
+
+def test_the_learned_static_change_can_leave_and_come_back():
+    empty = _scene()
+    neighbour = empty.copy()
+    cv2.rectangle(neighbour, (100, 30), (150, 90), (200, 200, 210), -1)
+    g = _gate(guard_relearn_seconds=1.0)
+    _run(g, [empty] * 10 + [neighbour] * 30)  # learned as static
+    # the neighbour gone (the empty reference matches), then back (the learned static one matches)
+    for k, scene in enumerate((empty, neighbour)):
+        t0 = 5.0 + 5 * k
+        scores, _ = _run(g, [scene] * 10 + [_plate(scene)] * 10 + [scene] * 20, t0=t0)
+        assert len(scores) == 1 and scores[0] <= t0 + 1.0 + g.cfg.still_seconds + 0.25, (k, scores)
+
+
+def test_a_slot_at_the_frame_edge_has_no_ring_there_and_says_so(caplog):
+    empty = _scene()
+    plate = empty.copy()
+    cv2.circle(plate, (40, 60), 35, (230, 230, 230), -1)
+    with caplog.at_level(logging.WARNING, logger="edge.gate"):
+        g = _gate(rect=(0, 20, 80, 80))
+        scores, _ = _run(g, [empty] * 10 + [plate] * 10)
+    assert len(scores) == 1
+    assert "no guard ring on the left side" in caplog.text
+
+
+@pytest.fixture()
+def fake_bundle(tmp_path: Path) -> Path:
+    b = tmp_path / "bundle"
+    b.mkdir()
+    (b / "bundle.json").write_text("{}")
+    (b / "model.tflite").write_bytes(b"")
+    return b
+
+
+@pytest.mark.parametrize(
+    ("gate", "needle"),
+    [
+        ({"guard_px": -2}, "gate.guard_px: must be >= 0"),
+        ({"guard_px": 4.5}, "gate.guard_px: expected an integer"),
+        ({"guard_px": "auto"}, "gate.guard_px: expected an integer"),
+        ({"guard_relearn_seconds": 0}, "gate.guard_relearn_seconds: must be > 0"),
+        ({"guard_relearn_seconds": "5"}, "gate.guard_relearn_seconds: expected a number"),
+        ({"still_seconds": -0.1}, "gate.still_seconds: must be > 0"),
+    ],
+)
+def test_guard_config_errors_name_the_key(fake_bundle, gate, needle):
+    data = {
+        "slots": [{"id": "a", "rect": [0, 0, 32, 32]}],
+        "model": {"bundle": str(fake_bundle)},
+        "gate": gate,
+    }
+    with pytest.raises(UserError, match=needle):
+        parse(data)
+
+
+def test_guard_config_defaults_and_one_line_error(tmp_path, fake_bundle):
+    slots = [{"id": "a", "rect": [0, 0, 32, 32]}]
+    ok = parse({"slots": slots, "model": {"bundle": str(fake_bundle)}, "gate": {"guard_px": 0}})
+    assert ok.gate.guard_px == 0 and GateConfig().guard_px == -1 and GateConfig().still_seconds <= 0.2
+    cfg = write_config(
+        tmp_path / "bad.toml",
+        "c.mp4",
+        slots,
+        fake_bundle,
+        "mqtt://127.0.0.1:1883",
+        tmp_path / "s.sqlite",
+        gate={"guard_px": -5},
+    )
+    assert_one_line_error(run_cli("edge", "check-config", str(cfg), timeout=60), "gate.guard_px")
