@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 BANK_FILE = "bank.npz"
 
 
-def nn_distances(query: np.ndarray, bank: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def nn_distances(query: np.ndarray, bank: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Euclidean distance of each query row to its nearest bank row.
 
-    |q - b|^2 = |q|^2 - 2 q.b + |b|^2, evaluated in bank chunks so memory stays at (N x chunk) floats.
+    |q - b|^2 = |q|^2 - 2 q.b + |b|^2, evaluated in bank chunks so memory stays at (N x chunk) floats: 784
+    patches x 2048 is 6 MB (8192 added 25 MB to the daemon's peak RSS, measured the same speed).
     """
     q = np.ascontiguousarray(query, dtype=np.float32)
     q2 = np.einsum("ij,ij->i", q, q)
