@@ -65,3 +65,13 @@ def assert_one_line_error(proc, *needles: str) -> None:
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture
+def standin_bundle(tmp_path: Path) -> Path:
+    """A folder that passes the "files exist" checks (deploy's, the config's); for tests that never load a model."""
+    b = tmp_path / "standin-bundle"
+    b.mkdir()
+    (b / "bundle.json").write_text("{}")
+    (b / "model.tflite").write_bytes(b"")
+    return b

@@ -370,16 +370,6 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def standin_bundle(tmp_path):
-    """A folder that passes deploy's local check (the files exist); for tests that never start the daemon."""
-    b = tmp_path / "standin-bundle"
-    b.mkdir()
-    (b / "bundle.json").write_text("{}")
-    (b / "model.tflite").write_bytes(b"")
-    return b
-
-
 # --- input errors: one line, nothing touched ------------------------------------------------------------------------
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -245,15 +244,6 @@ def test_a_slot_at_the_frame_edge_has_no_ring_there_and_says_so(caplog):
     assert "no guard ring on the left side" in caplog.text
 
 
-@pytest.fixture()
-def fake_bundle(tmp_path: Path) -> Path:
-    b = tmp_path / "bundle"
-    b.mkdir()
-    (b / "bundle.json").write_text("{}")
-    (b / "model.tflite").write_bytes(b"")
-    return b
-
-
 @pytest.mark.parametrize(
     ("gate", "needle"),
     [
@@ -265,25 +255,25 @@ def fake_bundle(tmp_path: Path) -> Path:
         ({"still_seconds": -0.1}, "gate.still_seconds: must be > 0"),
     ],
 )
-def test_guard_config_errors_name_the_key(fake_bundle, gate, needle):
+def test_guard_config_errors_name_the_key(standin_bundle, gate, needle):
     data = {
         "slots": [{"id": "a", "rect": [0, 0, 32, 32]}],
-        "model": {"bundle": str(fake_bundle)},
+        "model": {"bundle": str(standin_bundle)},
         "gate": gate,
     }
     with pytest.raises(UserError, match=needle):
         parse(data)
 
 
-def test_guard_config_defaults_and_one_line_error(tmp_path, fake_bundle):
+def test_guard_config_defaults_and_one_line_error(tmp_path, standin_bundle):
     slots = [{"id": "a", "rect": [0, 0, 32, 32]}]
-    ok = parse({"slots": slots, "model": {"bundle": str(fake_bundle)}, "gate": {"guard_px": 0}})
+    ok = parse({"slots": slots, "model": {"bundle": str(standin_bundle)}, "gate": {"guard_px": 0}})
     assert ok.gate.guard_px == 0 and GateConfig().guard_px == -1 and GateConfig().still_seconds <= 0.2
     cfg = write_config(
         tmp_path / "bad.toml",
         "c.mp4",
         slots,
-        fake_bundle,
+        standin_bundle,
         "mqtt://127.0.0.1:1883",
         tmp_path / "s.sqlite",
         gate={"guard_px": -5},
