@@ -124,7 +124,7 @@ class Venue:
     drift per photo remain.
     """
 
-    counter: np.ndarray  # float32 BGR, SHAKE px larger than the photo on every side
+    counter: np.ndarray  # float32 BGR, `shake` px larger than the photo on every side
     azimuth: float  # radians
     elevation: float
     optics: Optics
