@@ -7,9 +7,12 @@ metrics are the evaluate output of this very .tflite, scored through edge.scorer
 
 kNN runs (`effnet-knn`, `cae-knn`): the model is the patch-feature network, converted to int8 with uint8 input
 and a float32 (dequantized) feature output. The memory bank is built again from the *converted* model's features
-of the good training images (same recipe and seed as the run; scales from its val features) and shipped as
-bank.npz with its sha256 in `score.params.bank`, so the distances the device compares are computed by the model
-the device runs. Parity then reports the mean absolute feature difference instead of a reconstruction one.
+of the good training images: the same patches the run's coreset kept (coreset.npy; selected again with the
+run's recipe only when that file does not fit the data), with scales from the converted val features. It ships
+as bank.npz with its sha256 in `score.params.bank`, so the distances the device compares are computed by the
+model the device runs, and the threshold is calibrated on those distances (val plus held-out training images,
+train.knn_fit.calibrate_knn). Parity then reports the mean absolute feature difference instead of a
+reconstruction one.
 
 Why a staging folder: the bundle appears at --out only when complete and verified; a failed conversion never
 leaves a half-written bundle a device could pick up.
@@ -89,31 +92,41 @@ def _tflite_outputs(run, split: Split) -> np.ndarray:
 
 @dataclass(frozen=True)
 class KnnSource:
-    """What a kNN bank is rebuilt from: the good train and val images and the run's recipe.
+    """What a kNN bank is built from: the good train and val images, the run's recipe and coreset rows.
 
-    `bank` is set once built, so the final staging of the chosen conversion does not rebuild it.
+    `keep` is the run's coreset selection (None: select again on the converted features). `build` returns a
+    copy with `bank` and the converted model's training features set, so the final staging of the chosen
+    conversion does not rebuild it and calibration can score the training images held out.
     """
 
     train: Split
     val_good: Split
     recipe: object  # train.features.BankRecipe
+    keep: np.ndarray | None = None
     bank: Bank | None = None
+    train_feats: np.ndarray | None = None
 
-    def build(self, runner: ModelRunner) -> Bank:
-        from train.features import build_bank
+    def build(self, runner: ModelRunner) -> KnnSource:
+        from train.features import build_bank, coreset_keep
 
         if self.bank is not None:
-            return self.bank
+            return self
         log.info(
-            "rebuilding the bank from the converted model's features of %d train images", len(self.train.x)
+            "building the bank from the converted model's features of %d train images", len(self.train.x)
         )
-        return build_bank(
-            _tflite_outputs(runner, self.train), _tflite_outputs(runner, self.val_good), self.recipe
-        )
+        train_feats = _tflite_outputs(runner, self.train)
+        keep = self.keep if self.keep is not None else coreset_keep(train_feats, self.recipe)
+        bank = build_bank(train_feats, _tflite_outputs(runner, self.val_good), self.recipe, keep)
+        return replace(self, keep=keep, bank=bank, train_feats=train_feats)
 
 
-def _stage(staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None) -> Scorer:
-    """Write the model (and a kNN bank) and a provisional bundle.json into staging; load it as the device would."""
+def _stage(
+    staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None
+) -> tuple[Scorer, KnnSource | None]:
+    """Write the model (and a kNN bank) and a provisional bundle.json into staging; load it as the device would.
+
+    Returns the Scorer and, for kNN, the source with its bank built.
+    """
     from edge.interpreter import load_interpreter
 
     path = staging / MODEL_FILE
@@ -123,8 +136,8 @@ def _stage(staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None)
     out_t = _tensor_info(interp.get_output_details()[0])
     score = base["score"]
     if knn is not None:
-        bank = knn.build(ModelRunner(path, in_t, out_t, 2, "converted model"))
-        score = {**score, "params": {**score["params"], "bank": save_bank(staging, bank)}}
+        knn = knn.build(ModelRunner(path, in_t, out_t, 2, "converted model"))
+        score = {**score, "params": {**score["params"], "bank": save_bank(staging, knn.bank)}}
     data = {
         **base,
         "input": {**base["input"], **in_t.to_json()},
@@ -133,7 +146,7 @@ def _stage(staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None)
         "sha256": sha256_file(path),
     }
     write_bundle_json(staging, data)
-    return Scorer(staging, threads=2)
+    return Scorer(staging, threads=2), knn
 
 
 def _attempts(opts: ConvertOptions, n_train: int) -> list[ConvertOptions]:
@@ -209,7 +222,7 @@ class Conversion:
     scores: np.ndarray
     maps: np.ndarray
     parity: dict
-    bank: Bank | None = None  # kNN: the bank built from this conversion's features
+    knn: KnnSource | None = None  # kNN: the bank built from this conversion's features
 
     @property
     def loss(self) -> float:
@@ -237,6 +250,7 @@ def _convert_and_measure(
 ):
     """Convert once, load it as the device would, recalibrate on val good, score test, compare with float."""
     from train.calibrate import calibrate_threshold
+    from train.knn_fit import calibrate_knn
 
     rep = (
         representative_images(train.x, opts.representative, opts.seed, opts.augment)
@@ -244,15 +258,28 @@ def _convert_and_measure(
         else None
     )
     flat = convert_model(model, opts, rep)
-    scorer = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn)
+    scorer, knn = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn)
     val_scores = _score_split(scorer, val_good)[0]
     anom_scores = _score_split(scorer, val_anom)[0] if len(val_anom.x) else None
-    cal = calibrate_threshold(val_scores, target_fpr=target_fpr, anomalous_scores=anom_scores)
+    if knn is None:
+        cal = calibrate_threshold(val_scores, target_fpr=target_fpr, anomalous_scores=anom_scores)
+    else:
+        b = scorer.bundle
+        cal = calibrate_knn(
+            knn.bank,
+            knn.train_feats,
+            knn.keep,
+            val_scores,
+            (b.input.height, b.input.width),
+            target_fpr,
+            float(b.score_params["sigma"]),
+            anom_scores,
+        )
     q_scores, q_maps, q_out = _score_split(scorer, test)
     labels, float_scores, float_out = float_ref
     kind = "feature" if knn is not None else "recon"
     parity = parity_report(labels, float_scores, q_scores, float_out, q_out, AUROC_TOLERANCE, kind=kind)
-    return Conversion(opts, flat, cal, q_scores, q_maps, parity, scorer.bank)
+    return Conversion(opts, flat, cal, q_scores, q_maps, parity, knn)
 
 
 def _float_reference(model_dir, model, config, test: Split, method: str, params: dict):
@@ -269,9 +296,10 @@ def _float_reference(model_dir, model, config, test: Split, method: str, params:
     return labels, scoring.score_batch(test.x, recon, method, params)[0], recon
 
 
-def _knn_source(config: dict, train: Split, val_good: Split) -> KnnSource:
-    """The run's bank recipe (coreset fraction, global weight, seed from config.json `args`)."""
+def _knn_source(model_dir, config: dict, train: Split, val_good: Split, grid_rows: int) -> KnnSource:
+    """The run's bank recipe (coreset fraction, global weight, seed from config.json `args`) and coreset rows."""
     from train.features import BankRecipe
+    from train.knn_fit import run_keep
 
     args = config.get("args") or {}
     recipe = BankRecipe(
@@ -279,7 +307,7 @@ def _knn_source(config: dict, train: Split, val_good: Split) -> KnnSource:
         global_weight=float(args.get("global_weight", 1.0)),
         seed=int(args.get("seed", 0)),
     )
-    return KnnSource(train, val_good, recipe)
+    return KnnSource(train, val_good, recipe, keep=run_keep(model_dir, config, len(train.x) * grid_rows))
 
 
 def _training_record(config: dict, model_dir: str, run_fp: str | None, fingerprint: str) -> dict:
@@ -350,7 +378,8 @@ def build_bundle(
     float_ref = _float_reference(model_dir, model, config, test, method, params)
     knn = None
     if method in KNN_METHODS:
-        knn = _knn_source(config, train, val_good)
+        grid = float_ref[2].shape[1:3]  # the float features' (h, w) grid, the same as the converted model's
+        knn = _knn_source(model_dir, config, train, val_good, int(np.prod(grid)))
         opts = replace(opts, float_output=opts.quant == "int8")  # features leave the model dequantized
 
     bundle_name = name or out.resolve().name
@@ -402,8 +431,7 @@ def build_bundle(
                 "; ".join(json.dumps(a["quantization"]) for a in parity["attempts"]),
             )
         cal = best.calibration
-        final_knn = replace(knn, bank=best.bank) if knn is not None else None
-        scorer = _stage(staging, best.flat, {**base, "quantization": best.opts.to_json()}, final_knn)
+        scorer = _stage(staging, best.flat, {**base, "quantization": best.opts.to_json()}, best.knn)[0]
         model_name = f"{bundle_name} ({best.opts.quant}, tflite)"
         data_json = {
             **scorer.bundle.raw,

@@ -79,3 +79,54 @@ def test_bank_score_flags_an_outlier_patch_and_maps_it():
     assert bad_score > 20
     y, x = np.unravel_index(np.argmax(amap), amap.shape)
     assert 8 <= y < 12 and 20 <= x < 24  # patch (2, 5) of an 8x8 grid on a 32x32 map
+
+
+def test_held_out_train_scores_drop_only_the_image_s_own_rows():
+    from train.features import held_out_train_scores
+
+    rng = np.random.default_rng(6)
+    # Images 0 and 1 are near-copies (two photos of one dish); image 2 is unlike anything else.
+    base = rng.normal(size=(4, 4, 8)).astype(np.float32)
+    feats = np.stack([base, base + 0.01, rng.normal(size=(4, 4, 8)).astype(np.float32) + 6.0])
+    rows = feats.reshape(-1, 8)
+    keep = np.arange(len(rows))  # every patch kept: image i's rows are i*16 .. i*16+15
+    bank = Bank(patches=rows[keep], images=feats.reshape(3, -1, 8).mean(1), global_weight=0.0)
+    held = held_out_train_scores(bank, feats, keep, (8, 8), sigma=0)
+    # Brute force: each image against the rows of the other images only.
+    for i in range(3):
+        others = np.delete(rows, np.s_[i * 16 : (i + 1) * 16], axis=0)
+        expected = nn_distances(feats[i].reshape(-1, 8), others).max()
+        assert held[i] == pytest.approx(expected, rel=1e-4)
+    assert held[0] < 0.1 and held[1] < 0.1  # its twin stands in for it
+    assert held[2] > 5  # nothing else resembles it: a held-out score, not the 0 of scoring it against itself
+    assert bank.score(feats[2], (8, 8), sigma=0)[0] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_knn_calibration_reaches_the_quantile_rule_with_held_out_training_images():
+    from train.knn_fit import CALIBRATION_SPLIT, calibrate_knn
+
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(120, 2, 2, 4)).astype(np.float32)
+    keep = np.arange(120 * 4)
+    bank = Bank(patches=feats.reshape(-1, 4), images=feats.reshape(120, -1, 4).mean(1), global_weight=0.0)
+    val = rng.uniform(0.5, 1.0, size=20)
+    cal = calibrate_knn(bank, feats, keep, val, (4, 4), target_fpr=0.01, sigma=0)
+    assert cal["rule"] == "quantile" and cal["n"] == 140
+    assert cal["n_val"] == 20 and cal["n_train_held_out"] == 120 and cal["split"] == CALIBRATION_SPLIT
+    # Only the val images: too few for a 1 % quantile, the small-set rule.
+    few = Bank(patches=feats[:5].reshape(-1, 4), images=bank.images[:5], global_weight=0.0)
+    small = calibrate_knn(few, feats[:5], keep[:20], val, (4, 4), target_fpr=0.01, sigma=0)
+    assert small["rule"] == "max_margin" and small["n"] == 25
+
+
+def test_run_keep_reuses_a_fitting_selection_and_refuses_garbage(tmp_path):
+    from train.knn_fit import CORESET_FILE, run_keep
+
+    np.save(tmp_path / CORESET_FILE, np.array([3, 0, 7]))
+    config = {"coreset": {"file": CORESET_FILE, "kept": 3, "of": 8}}
+    np.testing.assert_array_equal(run_keep(tmp_path, config, rows=8), [3, 0, 7])
+    assert run_keep(tmp_path, config, rows=9) is None  # other data: convert selects again
+    assert run_keep(tmp_path, {}, rows=8) is None  # a run from before coreset.npy existed
+    (tmp_path / CORESET_FILE).write_bytes(b"garbage")
+    with pytest.raises(UserError, match=CORESET_FILE):
+        run_keep(tmp_path, config, rows=8)

@@ -78,11 +78,30 @@ def test_bundle_ships_a_bank_rebuilt_from_the_converted_model(knn_bundle, knn_ru
     run_meta = json.loads((knn_run / "config.json").read_text())["score"]["params"]["bank"]
     assert meta["sha256"] != run_meta["sha256"]  # the int8 model's features, not the float run's
     assert b["calibration"]["on"] == "converted model"
+    assert b["calibration"]["split"] == "val+train-held-out"
+    assert b["calibration"]["n"] == b["calibration"]["n_val"] + b["calibration"]["n_train_held_out"]
     p = b["parity"]
     assert "feature_mean_abs_diff" in p and "recon_mean_abs_diff" not in p
     assert p["image_auroc_float"] is not None and p["image_auroc_quant"] is not None
     assert p["score_spearman"] > 0.8
     assert b["metrics"]["score_method"] == "effnet-knn"
+
+
+def test_bundle_bank_keeps_the_run_s_coreset_rows(knn_bundle, knn_run):
+    """The int8 bank holds the same patches as the float run's, row for row, so parity measures quantization."""
+    import io
+
+    config = json.loads((knn_run / "config.json").read_text())
+    keep = np.load(knn_run / config["coreset"]["file"])
+    assert len(keep) == config["coreset"]["kept"] and keep.max() < config["coreset"]["of"]
+    with np.load(knn_run / "bank.npz") as z:
+        run_rows = z["patches"].astype(np.float32)
+    with np.load(io.BytesIO((knn_bundle / "bank.npz").read_bytes())) as z:
+        bundle_rows = z["patches"].astype(np.float32)
+    assert bundle_rows.shape == run_rows.shape == (len(keep), config["features"]["dim"])
+    same_row = np.linalg.norm(bundle_rows - run_rows, axis=1)
+    other_row = np.linalg.norm(bundle_rows - np.roll(run_rows, 1, axis=0), axis=1)
+    assert np.median(same_row) < 0.5 * np.median(other_row)
 
 
 def test_bundle_refuses_a_tampered_bank(knn_bundle, tiny_dataset, tmp_path):

@@ -11,6 +11,10 @@ Rule (also in the README, "Training and evaluation"):
   ``max_margin``). Why this and not a Gaussian fit: reconstruction scores are right-skewed and a normal tail
   under-estimates them; the largest good score is the one number a small set does measure, and the margin covers
   the next, unseen good dish. Every score here is non-negative, so a relative margin is well defined.
+- Feature-distance methods add held-out scores of the good training images (each scored against the bank
+  without its own patches, train.features.held_out_train_scores) to the validation scores, so a DSM-sized set
+  reaches the quantile rule (``split`` is then ``val+train-held-out``). Reconstruction methods cannot: the CAE
+  was fitted to its training images.
 - When labelled anomalies exist outside the test split, the F1-optimal threshold on them is reported as well
   (``f1_optimal``), for information; the alert threshold stays the FPR rule.
 """
@@ -36,6 +40,7 @@ def calibrate_threshold(
     target_fpr: float = DEFAULT_TARGET_FPR,
     margin: float = DEFAULT_MARGIN,
     anomalous_scores=None,
+    split: str = "val",
 ) -> dict:
     """Threshold for `score > threshold` => anomaly, plus how it was chosen (stored in config.json / bundle.json)."""
     s = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
@@ -65,7 +70,7 @@ def calibrate_threshold(
         "val_score_min": float(s[0]),
         "val_score_median": float(np.median(s)),
         "val_score_max": float(s[-1]),
-        "split": "val",
+        "split": split,
     }
     if anomalous_scores is not None and len(anomalous_scores):
         a = np.asarray(anomalous_scores, dtype=np.float64).ravel()

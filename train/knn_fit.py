@@ -24,6 +24,8 @@ from edge.preprocess import InputSpec
 log = logging.getLogger(__name__)
 
 SIGMA = 4.0  # Gaussian blur (map pixels) of the anomaly map; stored in config.json and bundle.json
+CORESET_FILE = "coreset.npy"  # the bank's row indices into the training patches, reused by convert
+CALIBRATION_SPLIT = "val+train-held-out"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,8 @@ def feature_model_for(fc: KnnFitConfig):
 def fit_knn(fc: KnnFitConfig) -> dict:
     """Build the bank and calibrate; writes RUN_DIR/{model.keras, bank.npz, config.json}. Returns config."""
     fc.validate()
-    from train.calibrate import calibrate_threshold
     from train.data import load_images
-    from train.features import BankRecipe, build_bank, extract
+    from train.features import BankRecipe, build_bank, coreset_keep, extract
     from train.fit import git_commit, library_versions, make_run_dir, training_splits, write_json
 
     started = time.time()
@@ -85,10 +86,12 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     train_f = extract(model, load_images(train_s, spec))
     val_f = extract(model, load_images(val_s, spec))
     recipe = BankRecipe(coreset_fraction=fc.coreset_fraction, global_weight=fc.global_weight, seed=fc.seed)
-    bank = build_bank(train_f, val_f, recipe)
+    keep = coreset_keep(train_f, recipe)
+    bank = build_bank(train_f, val_f, recipe, keep)
     bank_meta = save_bank(out, bank)
-    val_scores = score_features(bank, val_f, (spec.height, spec.width), SIGMA)[0]
-    cal = calibrate_threshold(val_scores, target_fpr=fc.target_fpr)
+    np.save(out / CORESET_FILE, keep.astype(np.int64))
+    hw = (spec.height, spec.width)
+    cal = calibrate_knn(bank, train_f, keep, score_features(bank, val_f, hw, SIGMA)[0], hw, fc.target_fpr)
     model.save(out / "model.keras")
     config = {
         "format": 1,
@@ -111,6 +114,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         "score": {"method": fc.method, "params": {"bank": bank_meta, "sigma": SIGMA}},
         "threshold": cal["threshold"],
         "calibration": cal,
+        "coreset": {"file": CORESET_FILE, "kept": int(len(keep)), "of": int(np.prod(train_f.shape[:3]))},
         "checkpoints": {"best": "model.keras"},
     }
     write_json(out / "config.json", config)
@@ -124,6 +128,51 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         cal["n"],
     )
     return config
+
+
+def calibrate_knn(
+    bank,
+    train_feats: np.ndarray,
+    keep: np.ndarray,
+    val_scores: np.ndarray,
+    hw: tuple[int, int],
+    target_fpr: float,
+    sigma: float = SIGMA,
+    anomalous_scores=None,
+) -> dict:
+    """The threshold from the val scores plus the held-out training scores (rule in train.calibrate).
+
+    Shared by fit (float features) and convert (the converted model's features), so both choose it alike.
+    """
+    from train.calibrate import calibrate_threshold
+    from train.features import held_out_train_scores
+
+    held_out = held_out_train_scores(bank, train_feats, keep, hw, sigma)
+    cal = calibrate_threshold(
+        np.r_[np.asarray(val_scores, dtype=np.float64), held_out],
+        target_fpr=target_fpr,
+        anomalous_scores=anomalous_scores,
+        split=CALIBRATION_SPLIT,
+    )
+    return {**cal, "n_val": int(len(val_scores)), "n_train_held_out": int(len(held_out))}
+
+
+def run_keep(run_dir: str | Path, config: dict, rows: int) -> np.ndarray | None:
+    """The run's coreset row indices when they fit `rows` training patches, else None (convert reselects)."""
+    meta = config.get("coreset") or {}
+    path = Path(run_dir) / str(meta.get("file", CORESET_FILE))
+    if not meta or not path.is_file():
+        return None
+    try:
+        keep = np.load(path)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a coreset index file ({exc})") from None
+    if meta.get("of") != rows or keep.ndim != 1 or not len(keep) or keep.min() < 0 or keep.max() >= rows:
+        log.warning(
+            "%s: made for %s training patches, these have %d; selecting again", path, meta.get("of"), rows
+        )
+        return None
+    return keep.astype(np.int64)
 
 
 def score_features(
