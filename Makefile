@@ -38,12 +38,15 @@ system-deps:  ## Debian packages the tests need (installed when missing and root
 	@bash scripts/system-deps.sh
 
 # --- the two commands -------------------------------------------------------------------------
-# make run: a synthetic pass (data/dsm50 test plates) rendered as a 1280x720 clip, watched by the daemon with
-# examples/pass.toml; each event is printed as one JSON line. Publishes to mqtt://127.0.0.1:1883 when a broker
-# answers there (nothing is started); otherwise events wait in data/spool.sqlite for the next run.
+# make run: a synthetic pass rendered as a 1280x720 clip from the test plates of $(DATA), the data the default
+# bundle was made from (its dishes are the menu), watched by the daemon with examples/pass.toml; each event is
+# printed as one JSON line. The clip is rendered again when it was made from other data. Publishes to
+# mqtt://127.0.0.1:1883 when a broker answers there (nothing is started); otherwise events wait in
+# data/spool.sqlite for the next run.
 run: setup-edge  ## render a service clip of the pass and run the edge daemon on it (events on stdout)
-	@test -d data/dsm50/test || $(PY) -m train synth --preset dsm50 --out data/dsm50
-	@test -f data/pass.mp4 || $(PY) -m edge clip --data data/dsm50 --out data/pass.mp4 --timeline data/pass.timeline.json
+	@test -d $(DATA)/test || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
+	@grep -qs '"image": "$(DATA)/' data/pass.timeline.json || \
+		$(PY) -m edge clip --data $(DATA) --out data/pass.mp4 --timeline data/pass.timeline.json
 	$(PY) -m edge run --config examples/pass.toml --print-events
 
 test: setup  ## the whole test suite (installs what it needs first)

@@ -14,7 +14,7 @@ Goals (issue #5): idle <= 5 % of a core, still_to_event p95 <= 250 ms (the user 
 stands still, so the goal is on still_to_event; frame_to_event is kept to show where the time goes), peak RSS
 <= 150 MB.
 
-Usage: python bench/daemon_bench.py [--bundle models/default] [--data data/dsm50] [--plates 8] [--idle 20]
+Usage: python bench/daemon_bench.py [--bundle models/default] [--data data/dsm100] [--plates 8] [--idle 20]
        [--still-seconds S] [--guard-px N]   (gate overrides; default: the config defaults)
 """
 
@@ -71,7 +71,7 @@ def wall(ts: str) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default=str(ROOT / "models/default"))
-    ap.add_argument("--data", default=str(ROOT / "data/dsm50"))
+    ap.add_argument("--data", default=str(ROOT / "data/dsm100"))
     ap.add_argument("--plates", type=int, default=8)
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of empty pass before the first plate")
     ap.add_argument("--threads", type=int, default=2)
@@ -96,7 +96,7 @@ def main() -> int:
         sys.exit(f"daemon_bench: error: no bundle at {args.bundle} (make model, or --bundle DIR)")
     if not (Path(args.data) / "test").is_dir():
         subprocess.run(
-            [py, "-m", "train", "synth", "--preset", "dsm50", "--out", args.data], check=True, env=env
+            [py, "-m", "train", "synth", "--preset", "dsm100", "--out", args.data], check=True, env=env
         )
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-") as tmp:

@@ -452,7 +452,7 @@ def build_bundle(
         shutil.rmtree(staging, ignore_errors=True)
     sys.stdout.write(format_report(parity) + "\n")
     log.info(
-        "bundle %s: %s, %.1f kB, threshold %.6g (%s on %d val images), test AUROC %s",
+        "bundle %s: %s, %.1f kB, threshold %.6g (%s on %d held-out good images), test AUROC %s",
         out,
         best.opts.quant,
         len(best.flat) / 1024,

@@ -107,6 +107,20 @@ def test_mvtec_with_dishes_layout_counts_and_masks(mvtec):
     assert read_mask(test[("missing_component", "d1_steak")], (10, 12)).shape == (10, 12)
 
 
+def test_severities_come_from_meta_json_and_a_broken_one_is_ignored(mvtec, caplog):
+    meta = {"images": {"test/spill/d0_soup/0.png": {"severity": "subtle", "defect": "spill"}}}
+    (mvtec / "meta.json").write_text(json.dumps(meta))
+    test = {s.defect: s for s in load_dataset(mvtec).split("test")}
+    assert test["spill"].severity == "subtle"
+    assert (
+        test["missing_component"].severity == "" and test["good"].severity == ""
+    )  # not listed / not a defect
+    (mvtec / "meta.json").write_text("{not json")
+    with caplog.at_level("WARNING"):
+        assert {s.severity for s in load_dataset(mvtec).samples} == {""}
+    assert "meta.json" in caplog.text and "severity" in caplog.text
+
+
 def test_flat_mvtec_masks_found_flat(flat):
     ds = load_dataset(flat)
     assert ds.layout == "mvtec"

@@ -298,5 +298,13 @@ def test_evaluate_on_the_synthetic_generator_output(run_dir, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert sorted(m["per_defect"]) == defects and len(defects) >= 2
     assert sum(v["n"] for v in m["per_defect"].values()) == m["n_anomalous"]
+    # The generator's meta.json names each defect's severity; the results are broken down by it too.
+    meta = json.loads((data / "meta.json").read_text())["images"]
+    expected = {}
+    for info in (i for i in meta.values() if i["defect"] != "good"):
+        expected[info["severity"]] = expected.get(info["severity"], 0) + 1
+    assert {k: v["n"] for k, v in m["per_severity"].items()} == expected
+    assert set(expected) <= {"obvious", "moderate", "subtle"} and sum(expected.values()) == m["n_anomalous"]
+    assert "Per severity" in (tmp_path / "report" / "index.html").read_text()
     assert 0.0 <= m["image_auroc"] <= 1.0 and m["pixel_auroc"] is not None
     assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -24,6 +24,7 @@ from edge.preprocess import IMAGE_SUFFIXES, InputSpec, preprocess, read_image
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"  # written by the synthetic generator (train/synth.py): per-image defect details
 DSM_TEST_FRACTION = 0.2  # share of the DSM layout's good images held out for test (val_fraction goes to val)
 DSM_ANOMALIES = {"uncorrect-meals": "uncorrect_meal", "unknown-meals": "unknown_meal"}
 EXPECTED = (
@@ -39,6 +40,7 @@ class Sample:
     dish: str  # dish type (first subfolder name, "" when none)
     defect: str  # "good" or a defect name
     mask: Path | None  # ground-truth mask (white = defective pixel) or None
+    severity: str = ""  # "obvious" | "moderate" | "subtle" where the folder's meta.json says (synthetic sets)
 
     @property
     def anomalous(self) -> bool:
@@ -83,8 +85,27 @@ def load_dataset(root: str | Path, val_fraction: float = 0.1) -> Dataset:
         )
         raise UserError(f"--data {root}: no readable images ({what})")
     samples.sort(key=lambda s: _rel(s.path, root))
+    samples = _with_severities(root, samples)
     log.info("%s: %s layout, %d images, %d skipped", root, layout, len(samples), len(skipped))
     return Dataset(root=root, layout=layout, samples=samples, skipped=skipped)
+
+
+def _with_severities(root: Path, samples: list[Sample]) -> list[Sample]:
+    """Each anomalous image's severity from the synthetic generator's meta.json, when the folder has one.
+
+    Why: a single AUROC hides whether a detector misses only the subtle defects or the obvious ones too; evaluate
+    breaks the results down by severity when it is known. Real photo sets have no meta.json and are unaffected.
+    """
+    path = root / META_FILE
+    if not path.is_file():
+        return samples
+    try:
+        images = json.loads(path.read_text()).get("images") or {}
+        severity = {rel: str(info.get("severity") or "") for rel, info in images.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s: unreadable (%s); results will not be broken down by severity", path, exc)
+        return samples
+    return [replace(s, severity=severity.get(_rel(s.path, root), "")) if s.anomalous else s for s in samples]
 
 
 def detect_layout(root: Path) -> str:

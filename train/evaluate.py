@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 PREDICT_BATCH = 32
 
 
+SEVERITY_ORDER = {"obvious": 0, "moderate": 1, "subtle": 2}  # the synthetic generator's; others sort by name
+
+
 def _round(v):
     return None if v is None else round(float(v), 6)
 
@@ -50,6 +53,8 @@ def evaluate_scores(
 ) -> dict:
     """Metrics of one score method on the test samples (DESIGN §3 keys plus confusion counts and per-defect recall).
 
+    `per_severity` (extension) is added when the samples carry severities (the synthetic sets' meta.json).
+
     `masks` defaults to the samples' ground-truth masks read at the maps' resolution.
     """
     s = np.asarray(scores, dtype=np.float64)
@@ -60,16 +65,25 @@ def evaluate_scores(
         masks = load_masks(samples, maps.shape[1:3])
     at = metrics.precision_recall_f1(s, labels, threshold)
     good = ~labels
-    per_defect = {}
-    for name in sorted({smp.defect for smp in samples if smp.anomalous}):
-        sel = np.array([smp.defect == name for smp in samples])
-        sub = sel | good
-        per_defect[name] = {
-            "auroc": _round(metrics.auroc(s[sub], labels[sub])),
-            "n": int(sel.sum()),
-            "recall": _round(np.mean(s[sel] > threshold)),
-            "mean_score": _round(s[sel].mean()),
-        }
+
+    def versus_good(group: str) -> dict:
+        """One row per group of anomalous images (by defect, by severity), each against all good test images."""
+        rows = {}
+        keys = [getattr(smp, group) if smp.anomalous else "" for smp in samples]
+        for name in sorted(
+            {k for k in keys if k}, key=lambda k: (SEVERITY_ORDER.get(k, len(SEVERITY_ORDER)), k)
+        ):
+            sel = np.array([k == name for k in keys])
+            sub = sel | good
+            rows[name] = {
+                "auroc": _round(metrics.auroc(s[sub], labels[sub])),
+                "n": int(sel.sum()),
+                "recall": _round(np.mean(s[sel] > threshold)),
+                "mean_score": _round(s[sel].mean()),
+            }
+        return rows
+
+    per_severity = versus_good("severity")
     return {
         "image_auroc": _round(metrics.auroc(s, labels)),
         "pixel_auroc": _round(metrics.pixel_auroc(maps, masks)) if masks is not None else None,
@@ -81,7 +95,8 @@ def evaluate_scores(
         "n_good": int(good.sum()),
         "n_anomalous": int(labels.sum()),
         "confusion": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
-        "per_defect": per_defect,
+        "per_defect": versus_good("defect"),
+        **({"per_severity": per_severity} if per_severity else {}),
         "score_method": score_method,
         "model": model_name,
     }

@@ -173,6 +173,15 @@ def write_report(
         ["defect", "n", "AUROC vs good", "recall at threshold", "mean score"],
         [(k, v["n"], v["auroc"], v["recall"], v["mean_score"]) for k, v in result["per_defect"].items()],
     )
+    per_severity = ""
+    if result.get("per_severity"):
+        per_severity = "<h2>Per severity (each severity vs the good test images)</h2>" + _table(
+            ["severity", "n", "AUROC vs good", "recall at threshold", "mean score"],
+            [
+                (k, v["n"], v["auroc"], v["recall"], v["mean_score"])
+                for k, v in result["per_severity"].items()
+            ],
+        )
     methods = ""
     if "methods" in result:
         methods = "<h2>Score methods</h2>" + _table(
@@ -198,6 +207,7 @@ data {html.escape(str(result.get("data", "")))}. An image is anomalous when scor
 class is positive. The threshold was set on validation images, not on this test split.</p>
 <h2>Summary</h2>{summary}
 <h2>Per defect (each defect vs the good test images)</h2>{per_defect}
+{per_severity}
 {methods}
 <h2>ROC</h2><img src="roc.png" alt="ROC curve">
 <h2>Score histograms</h2><img src="histograms.png" alt="score histograms per defect">
