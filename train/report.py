@@ -169,18 +169,19 @@ def write_report(
         ]
         + [("n_good", result["n_good"]), ("n_anomalous", result["n_anomalous"])],
     )
-    per_defect = _table(
-        ["defect", "n", "AUROC vs good", "recall at threshold", "mean score"],
-        [(k, v["n"], v["auroc"], v["recall"], v["mean_score"]) for k, v in result["per_defect"].items()],
-    )
+
+    def versus_good(group: str) -> str:
+        rows = result.get(f"per_{group}") or {}
+        return _table(
+            [group, "n", "AUROC vs good", "recall at threshold", "mean score"],
+            [(k, v["n"], v["auroc"], v["recall"], v["mean_score"]) for k, v in rows.items()],
+        )
+
+    per_defect = versus_good("defect")
     per_severity = ""
     if result.get("per_severity"):
-        per_severity = "<h2>Per severity (each severity vs the good test images)</h2>" + _table(
-            ["severity", "n", "AUROC vs good", "recall at threshold", "mean score"],
-            [
-                (k, v["n"], v["auroc"], v["recall"], v["mean_score"])
-                for k, v in result["per_severity"].items()
-            ],
+        per_severity = "<h2>Per severity (each severity vs the good test images)</h2>" + versus_good(
+            "severity"
         )
     methods = ""
     if "methods" in result:

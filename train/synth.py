@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from edge.errors import UserError
+from train.data import META_FILE
 from train.synth_render import COUNTER_KINDS, Light, Optics, camera, composite, mark_hidden, render_counter
 from train.synth_scene import (
     DEFECTS,
@@ -46,7 +47,7 @@ GENERATOR = "dishwatch.synth"
 GENERATOR_VERSION = 2  # 2: one fixed pass (counter, key light, optics) per dataset by default
 SCENES = ("fixed", "varied")
 MIN_SIZE, MAX_SIZE = 32, 1024
-OWNED = ("train", "test", "ground_truth", "meta.json", "contact_sheet.png")
+OWNED = ("train", "test", "ground_truth", META_FILE, "contact_sheet.png")
 SPLIT_CODE = {"train": 1, "test": 2}
 DEFECT_CODE = {"good": 0, **{d: i + 1 for i, d in enumerate(DEFECTS)}}
 
@@ -217,7 +218,7 @@ def prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        meta = out / "meta.json"
+        meta = out / META_FILE
         try:
             ours = json.loads(meta.read_text()).get("generator") == GENERATOR
         except (OSError, ValueError, AttributeError):
@@ -314,7 +315,7 @@ def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene
     venue = Venue.make(seed, size) if scene == "fixed" else None
     meta = {"generator": GENERATOR, "version": GENERATOR_VERSION, "preset": preset, "seed": seed, "size": size,
             "scene": scene, "complete": False}  # fmt: skip
-    (out / "meta.json").write_text(json.dumps(meta))  # marks the folder as ours even if the run is cut short
+    (out / META_FILE).write_text(json.dumps(meta))  # marks the folder as ours even if the run is cut short
     picks = {it.path: None for it in _sheet_picks(items)}
     images: dict[str, dict] = {}
     counts: dict[str, int] = {}
@@ -346,7 +347,7 @@ def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene
         counts=counts,
         images=images,
     )
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    (out / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return Summary(out, counts, len(menu), seconds)
 
 
