@@ -44,7 +44,7 @@ from edge.bundle import (
     write_bundle_json,
 )
 from edge.errors import UserError
-from edge.knn import Bank, save_bank
+from edge.knn import DISTANCES, Bank, save_bank
 from edge.preprocess import InputSpec
 from edge.scorer import ModelRunner, Scorer
 
@@ -296,18 +296,21 @@ def _float_reference(model_dir, model, config, test: Split, method: str, params:
     return labels, scoring.score_batch(test.x, recon, method, params)[0], recon
 
 
-def _knn_source(model_dir, config: dict, train: Split, val_good: Split, grid_rows: int) -> KnnSource:
-    """The run's bank recipe (coreset fraction, global weight, seed from config.json `args`) and coreset rows."""
+def _knn_recipe(model_dir, config: dict):
+    """The run's bank recipe (coreset fraction, global weight, seed, distance) from config.json `args`."""
     from train.features import BankRecipe
-    from train.knn_fit import run_keep
 
     args = config.get("args") or {}
-    recipe = BankRecipe(
+    if args.get("distance", "euclidean") not in DISTANCES:
+        raise UserError(
+            f"{Path(model_dir) / 'config.json'}: args.distance {args['distance']!r} is not one of {', '.join(DISTANCES)}"
+        )
+    return BankRecipe(
         coreset_fraction=float(args.get("coreset_fraction", 0.01)),
         global_weight=float(args.get("global_weight", 1.0)),
         seed=int(args.get("seed", 0)),
+        distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean
     )
-    return KnnSource(train, val_good, recipe, keep=run_keep(model_dir, config, len(train.x) * grid_rows))
 
 
 def _training_record(config: dict, model_dir: str, run_fp: str | None, fingerprint: str) -> dict:
@@ -337,13 +340,14 @@ def build_bundle(
     from train.calibrate import DEFAULT_TARGET_FPR
     from train.data import load_dataset
     from train.evaluate import evaluate_scores
-    from train.model import load_run
+    from train.knn_fit import run_keep
+    from train.model import load_run, read_run_config
 
     opts.validate()
     out = Path(out_dir)
     _check_out(out)
-    # load_run checks the run folder's files before Keras (and its log noise) loads
-    model, config = load_run(model_dir)
+    # the run folder is checked before Keras (and its log noise) loads
+    config, _ = read_run_config(model_dir)
     try:
         spec = InputSpec.from_json(config["input"])
         method = config["score"]["method"]
@@ -352,6 +356,8 @@ def build_bundle(
         raise UserError(
             f"{Path(model_dir) / 'config.json'}: missing `input` or `score` (not written by train fit?)"
         ) from None
+    recipe = _knn_recipe(model_dir, config) if method in KNN_METHODS else None
+    model, config = load_run(model_dir)
     target_fpr = float((config.get("calibration") or {}).get("target_fpr") or DEFAULT_TARGET_FPR)
     dataset = load_dataset(data)
     train = _load([s for s in dataset.split("train") if not s.anomalous], spec)
@@ -379,7 +385,8 @@ def build_bundle(
     knn = None
     if method in KNN_METHODS:
         grid = float_ref[2].shape[1:3]  # the float features' (h, w) grid, the same as the converted model's
-        knn = _knn_source(model_dir, config, train, val_good, int(np.prod(grid)))
+        keep = run_keep(model_dir, config, len(train.x) * int(np.prod(grid)))
+        knn = KnnSource(train, val_good, recipe, keep=keep)
         opts = replace(opts, float_output=opts.quant == "int8")  # features leave the model dequantized
 
     bundle_name = name or out.resolve().name

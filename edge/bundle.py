@@ -4,8 +4,9 @@ Why the device verifies before it trusts: a threshold only means something for t
 on. A copied-over model.tflite (hash mismatch), a bundle from a newer dishwatch (unknown `format`) or a truncated
 file would silently give meaningless verdicts, so each is refused with one line naming the bundle and the reason.
 
-bundle.json (format 1):
-  format        1
+bundle.json (format 2; format 1 is still read):
+  format        2 (2 added the kNN bank's `distance`: a format-1 reader would ignore it and score wrongly, so it
+                refuses the bundle instead)
   name          bundle name (default: the output folder's name)
   created       ISO 8601 UTC
   input         InputSpec fields + dtype ("uint8" | "float32") + quantization ({scale, zero_point} | null)
@@ -35,7 +36,8 @@ from edge.scoring import resolve_params
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # written
+READABLE_FORMATS = (1, 2)  # read: format 1 is format 2 with every kNN bank Euclidean
 MODEL_FILE = "model.tflite"
 JSON_FILE = "bundle.json"
 IO_DTYPES = ("uint8", "int8", "float32")
@@ -132,9 +134,10 @@ def parse_bundle_json(data: object, bundle_dir: str | Path) -> BundleInfo:
     fmt = data.get("format")
     if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise UserError(f"{where}: bundle.json `format` must be an integer, got {fmt!r}")
-    if fmt != FORMAT:
+    if fmt not in READABLE_FORMATS:
         raise UserError(
-            f"{where}: unknown bundle format version {fmt} (this dishwatch reads format {FORMAT})"
+            f"{where}: unknown bundle format version {fmt} "
+            f"(this dishwatch reads formats {', '.join(map(str, READABLE_FORMATS))})"
         )
     missing = [k for k in REQUIRED if k not in data]
     if missing:

@@ -51,7 +51,7 @@ def _images(dataset, sub: str):
 
 def test_bundle_json_is_complete_and_describes_this_model(tiny_bundle, tiny_run):
     b = _json(tiny_bundle / "bundle.json")
-    assert b["format"] == 1 and isinstance(b["format"], int)
+    assert b["format"] == 2 and isinstance(b["format"], int)
     assert b["name"] == "tiny" and b["created"].endswith("Z")
     assert b["sha256"] == sha256_file(tiny_bundle / "model.tflite")
     config = _json(tiny_run / "config.json")

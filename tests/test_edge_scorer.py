@@ -77,8 +77,14 @@ def test_refuses_model_hash_mismatch(bundle_copy):
 
 
 def test_refuses_unknown_format(bundle_copy):
-    _edit_json(bundle_copy, format=2)
-    _refused(bundle_copy, "unknown bundle format version 2")
+    _edit_json(bundle_copy, format=3)
+    _refused(bundle_copy, "unknown bundle format version 3")
+
+
+def test_reads_format_1(bundle_copy):
+    """Format 2 only added the kNN bank's `distance`; a format-1 bundle (every bank Euclidean) still loads."""
+    _edit_json(bundle_copy, format=1)
+    assert Scorer(bundle_copy).bundle.path == bundle_copy
 
 
 def test_refuses_non_integer_format(bundle_copy):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge.errors import UserError
-from edge.knn import Bank, load_bank, nn_distances, save_bank
+from edge.knn import Bank, load_bank, nn_distances, row_spacing, save_bank
 from train.coreset import covering_radius, greedy_coreset
 
 
@@ -16,6 +16,40 @@ def test_nn_distances_match_brute_force():
     np.testing.assert_allclose(nn_distances(q, b, chunk=128), brute, rtol=1e-4, atol=1e-4)
     # A query that is in the bank is at distance ~0.
     assert nn_distances(b[:3], b)[0] == pytest.approx(0.0, abs=1e-2)  # float32 cancellation
+
+
+def test_relative_distance_and_row_spacing_match_brute_force():
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(150, 12)).astype(np.float32)
+    b = rng.normal(size=(700, 12)).astype(np.float32)
+    pair = np.sqrt(((q[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    self_pair = np.sqrt(((b[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(self_pair, np.inf)
+    spacing = self_pair.min(1)  # random rows: none near the floor
+    np.testing.assert_allclose(row_spacing(b), spacing, rtol=1e-4, atol=1e-4)
+    expected = (pair / spacing[None, :]).min(1)
+    np.testing.assert_allclose(nn_distances(q, b, chunk=128, row_scale=spacing), expected, rtol=1e-4)
+    # Duplicated rows (int8 features can round two patches alike) are floored, not a division by zero.
+    dup = np.concatenate([b, b[:5]])
+    r = row_spacing(dup)
+    assert np.all(np.isfinite(r)) and r.min() == pytest.approx(0.25 * np.median(r), rel=1e-5)
+    assert row_spacing(b[:1]).tolist() == [1.0]
+
+
+def test_relative_distance_judges_dense_and_sparse_good_texture_alike():
+    """The same absolute step is ordinary beside a sparse kind of good patch and unusual beside a dense one."""
+    rng = np.random.default_rng(12)
+    dense = rng.normal(scale=0.1, size=(300, 4)).astype(
+        np.float32
+    )  # a plain rim: many near-identical patches
+    sparse = (rng.normal(scale=2.0, size=(300, 4)) + 20).astype(np.float32)  # a garnish: varied texture
+    rows = np.concatenate([dense, sparse])
+    step = np.array([0.0, 0.0, 0.0, 1.0], np.float32)
+    q = np.stack([dense[0] + step, sparse[0] + step])
+    plain = nn_distances(q, rows)
+    relative = nn_distances(q, rows, row_scale=row_spacing(rows))
+    assert plain[0] == pytest.approx(plain[1], rel=0.5)  # Euclidean: about the same step away from good
+    assert relative[0] > 3 * relative[1]  # relative: far outside the dense cluster, inside the sparse one
 
 
 def test_coreset_size_and_coverage_beat_random():
@@ -67,6 +101,31 @@ def test_bank_round_trip_and_hash_refusal(tmp_path):
         load_bank(tmp_path, meta)
 
 
+def test_relative_bank_round_trip_and_refusals(tmp_path):
+    from dataclasses import replace
+
+    bank = _bank(np.random.default_rng(13))
+    relative = replace(bank, patch_spacing=row_spacing(bank.patches))
+    meta = save_bank(tmp_path, relative)
+    (tmp_path / "plain").mkdir()
+    assert meta["distance"] == "relative" and save_bank(tmp_path / "plain", bank)["distance"] == "euclidean"
+    back = load_bank(tmp_path, meta)
+    np.testing.assert_array_equal(back.patch_spacing, relative.patch_spacing)  # float32 on disk
+    q = np.random.default_rng(14).normal(size=(3, 3, 8)).astype(np.float32)
+    assert back.score(q, (6, 6))[0] == pytest.approx(relative.score(q, (6, 6))[0], rel=1e-2)
+    assert back.score(q, (6, 6))[0] != pytest.approx(
+        load_bank(tmp_path, {**meta, "distance": "euclidean"}).score(q, (6, 6))[0], rel=1e-2
+    )
+    with pytest.raises(UserError, match="`distance` 'cosine'"):
+        load_bank(tmp_path, {**meta, "distance": "cosine"})
+    plain_meta = save_bank(tmp_path, bank)  # a Euclidean bank.npz has no spacings to divide by
+    with pytest.raises(UserError, match="not a memory bank"):
+        load_bank(tmp_path, {**plain_meta, "distance": "relative"})
+    broken = replace(relative, patch_spacing=np.zeros(len(bank.patches), np.float32))
+    with pytest.raises(UserError, match="patch_spacing"):
+        load_bank(tmp_path, save_bank(tmp_path, broken))
+
+
 def test_bank_score_flags_an_outlier_patch_and_maps_it():
     rng = np.random.default_rng(5)
     good = rng.normal(size=(400, 8)).astype(np.float32)
@@ -100,6 +159,16 @@ def test_held_out_train_scores_drop_only_the_image_s_own_rows():
     assert held[0] < 0.1 and held[1] < 0.1  # its twin stands in for it
     assert held[2] > 5  # nothing else resembles it: a held-out score, not the 0 of scoring it against itself
     assert bank.score(feats[2], (8, 8), sigma=0)[0] == pytest.approx(0.0, abs=1e-2)
+    # A relative bank drops the same rows together with their spacings.
+    spacing = np.arange(1.0, len(rows) + 1, dtype=np.float32)
+    relative = Bank(patches=rows, images=bank.images, global_weight=0.0, patch_spacing=spacing)
+    held_rel = held_out_train_scores(relative, feats, keep, (8, 8), sigma=0)
+    for i in range(3):
+        mine = np.s_[i * 16 : (i + 1) * 16]
+        expected = nn_distances(
+            feats[i].reshape(-1, 8), np.delete(rows, mine, axis=0), row_scale=np.delete(spacing, mine)
+        ).max()
+        assert held_rel[i] == pytest.approx(expected, rel=1e-4)
 
 
 def test_knn_calibration_reaches_the_quantile_rule_with_held_out_training_images():

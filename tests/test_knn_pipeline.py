@@ -35,8 +35,19 @@ def _images(dataset: Path, sub: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def knn_run(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("knn_run") / "run"
-    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE))
-    _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
+    args = (
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--image-size",
+        str(KNN_SIZE),
+        "--distance",
+        "relative",
+    )
+    _ok(
+        run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn"
+    )  # cae-knn's test: euclidean
     return out
 
 
@@ -77,6 +88,8 @@ def test_bundle_ships_a_bank_rebuilt_from_the_converted_model(knn_bundle, knn_ru
     assert hashlib.sha256((knn_bundle / "bank.npz").read_bytes()).hexdigest() == meta["sha256"]
     run_meta = json.loads((knn_run / "config.json").read_text())["score"]["params"]["bank"]
     assert meta["sha256"] != run_meta["sha256"]  # the int8 model's features, not the float run's
+    assert meta["distance"] == run_meta["distance"] == "relative"  # carried from run to bundle
+    assert b["format"] == 2
     assert b["calibration"]["on"] == "converted model"
     assert b["calibration"]["split"] == "val+train-held-out"
     assert b["calibration"]["n"] == b["calibration"]["n_val"] + b["calibration"]["n_train_held_out"]
@@ -197,6 +210,7 @@ def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_pa
     cae_input = json.loads((tiny_run / "config.json").read_text())["input"]
     assert config["score"]["method"] == "cae-knn" and config["input"] == cae_input
     assert config["args"]["coreset_fraction"] == 0.05 and config["threshold"] > 0
+    assert config["score"]["params"]["bank"]["distance"] == "euclidean"  # the default
     assert config["score"]["params"]["bank"]["global_weight"] == 0.5
 
     from edge.preprocess import InputSpec
@@ -207,6 +221,16 @@ def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_pa
     scores, maps = score_images(out, x)
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
     assert maps.shape == (3, spec.height, spec.width)
+
+
+def test_convert_refuses_a_run_with_an_unknown_distance(knn_run, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(knn_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["args"]["distance"] = "cosine"
+    (run / "config.json").write_text(json.dumps(config))
+    proc = run_cli("convert", "--model", str(run), "--data", str(tiny_dataset), "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "config.json", "args.distance 'cosine'")
 
 
 def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):

@@ -56,6 +56,14 @@ def build_parser() -> OneLineParser:
         help="knn: weight of the whole-image (not-on-the-menu) distance beside the patch distance; 0 = off "
         "(default: on the synthetic presets it lowered image AUROC, see README)",
     )
+    f.add_argument(
+        "--distance",
+        default="euclidean",
+        choices=["euclidean", "relative"],
+        help="knn: euclidean (default) or relative: the distance to each bank patch divided by that patch's "
+        "distance to its nearest other bank patch, so dense and sparse good texture are judged alike (measured "
+        "within noise on the synthetic presets, README)",
+    )
     f.add_argument("--epochs", type=int, default=200, help="cae only")
     f.add_argument("--batch-size", type=int, default=64, help="cae only")
     f.add_argument(

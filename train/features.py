@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import Bank, global_embedding, nn_distances
+from edge.knn import DISTANCES, Bank, global_embedding, nn_distances, row_spacing
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ class BankRecipe:
     max_patches: int = 20000  # caps the bank at a few MB whatever the data size
     global_weight: float = 0.0  # see KnnFitConfig.global_weight
     seed: int = 0
+    distance: str = "euclidean"  # or "relative" (edge.knn: each bank row's distance divided by its spacing)
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance {self.distance!r} is not one of {', '.join(DISTANCES)}")
 
 
 def coreset_keep(train_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> np.ndarray:
@@ -102,19 +107,17 @@ def build_bank(
     if keep is None:
         keep = coreset_keep(train_feats, recipe)
     images = np.stack([global_embedding(f) for f in train_feats])
-    bank = Bank(patches=patches[keep], images=images, global_weight=recipe.global_weight)
+    kept = patches[keep]
+    spacing = row_spacing(kept) if recipe.distance == "relative" else None
+    bank = Bank(patches=kept, images=images, global_weight=recipe.global_weight, patch_spacing=spacing)
     if len(val_feats) == 0:
         log.warning("no validation images: bank scales left at 1.0")
         return bank
-    patch_val = [float(nn_distances(f.reshape(-1, d), bank.patches).max()) for f in val_feats]
+    patch_val = [float(nn_distances(f.reshape(-1, d), kept, row_scale=spacing).max()) for f in val_feats]
     image_val = nn_distances(np.stack([global_embedding(f) for f in val_feats]), images)
     log.info("bank: %d of %d patches kept, dim %d", len(keep), len(patches), d)
-    return Bank(
-        patches=bank.patches,
-        images=images,
-        patch_scale=float(np.median(patch_val)) or 1.0,
-        image_scale=float(np.median(image_val)) or 1.0,
-        global_weight=recipe.global_weight,
+    return replace(
+        bank, patch_scale=float(np.median(patch_val)) or 1.0, image_scale=float(np.median(image_val)) or 1.0
     )
 
 
@@ -128,16 +131,14 @@ def held_out_train_scores(
     bank stands in for a new photo of a dish the bank knows (the other photos of that dish stay in). Measured on
     dsm100 (README): these scores sit in the same range as the validation images' (99th percentile 1.18 vs
     1.20 in units of the val median; a 5-fold rebuild of the coreset, five selections, gave 1.24). Only the
-    coreset rows that came from image i are dropped for image i.
+    coreset rows that came from image i are dropped for image i. A relative bank keeps the other rows' spacings
+    as built (a spacing measured to one of the dropped rows is then a little small: a slightly high score, so
+    the threshold errs towards fewer false alarms).
     """
     per_image = int(np.prod(train_feats.shape[1:3]))
     source = np.asarray(keep) // per_image
+    own_embedding = len(bank.images) == len(train_feats)
     scores = np.empty(len(train_feats))
     for i, f in enumerate(train_feats):
-        without = replace(
-            bank,
-            patches=bank.patches[source != i],
-            images=np.delete(bank.images, i, axis=0) if len(bank.images) == len(train_feats) else bank.images,
-        )
-        scores[i] = without.score(f, hw, sigma=sigma)[0]
+        scores[i] = bank.without(source == i, i if own_embedding else None).score(f, hw, sigma=sigma)[0]
     return scores

@@ -360,6 +360,7 @@ def knn_cli_main(args, method: str) -> int:
             cae_run=getattr(args, "cae_run", None) or "",
             coreset_fraction=getattr(args, "coreset", 0.01),
             global_weight=getattr(args, "global_weight", 0.0),
+            distance=getattr(args, "distance", "euclidean"),
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.bundle import KNN_METHODS  # one list of kNN methods, shared with the device
 from edge.errors import UserError
-from edge.knn import save_bank
+from edge.knn import DISTANCES, save_bank
 from edge.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class KnnFitConfig:
     global_weight: float = 0.0  # the whole-image term; measured to hurt on the presets (README)
     target_fpr: float = 0.01
     seed: int = 0
+    distance: str = "euclidean"  # or "relative" (edge.knn); on dsm100 within the coreset seed noise (README)
 
     def validate(self) -> KnnFitConfig:
         if self.method not in KNN_METHODS:
@@ -47,6 +48,8 @@ class KnnFitConfig:
             )
         if self.method == "cae-knn" and not self.cae_run:
             raise UserError("--cae-run: required with --method cae-knn (a trained CAE run folder)")
+        if self.distance not in DISTANCES:
+            raise UserError(f"--distance {self.distance!r}: not one of {', '.join(DISTANCES)}")
         if self.global_weight < 0:
             raise UserError(f"--global-weight {self.global_weight}: must be 0 or more")
         if not 0 < self.coreset_fraction <= 1:
@@ -85,7 +88,12 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     log.info("extracting %s features: %d train, %d val images", fc.method, len(train_s), len(val_s))
     train_f = extract(model, load_images(train_s, spec))
     val_f = extract(model, load_images(val_s, spec))
-    recipe = BankRecipe(coreset_fraction=fc.coreset_fraction, global_weight=fc.global_weight, seed=fc.seed)
+    recipe = BankRecipe(
+        coreset_fraction=fc.coreset_fraction,
+        global_weight=fc.global_weight,
+        seed=fc.seed,
+        distance=fc.distance,
+    )
     keep = coreset_keep(train_f, recipe)
     bank = build_bank(train_f, val_f, recipe, keep)
     bank_meta = save_bank(out, bank)
@@ -94,7 +102,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     cal = calibrate_knn(bank, train_f, keep, score_features(bank, val_f, hw, SIGMA)[0], hw, fc.target_fpr)
     model.save(out / "model.keras")
     config = {
-        "format": 1,
+        "format": 1,  # of the run folder (bundle.json has its own)
         "kind": "knn",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": asdict(fc),

@@ -140,7 +140,7 @@ def build_cae(cfg: CaeConfig):
 
 
 def count_macs(model_or_cfg) -> int:
-    """Multiply-adds per image of the convolution (and dense) layers, from their output shapes.
+    """Multiply-adds per image of the convolution (incl. depthwise) and dense layers, from their output shapes.
 
     Pooling, BatchNorm (folded at conversion), activations and upsampling are not counted: they are a few
     percent of the work and no multiply-add bound applies to them.
@@ -155,6 +155,10 @@ def count_macs(model_or_cfg) -> int:
             c_in = layer.input.shape[-1]
             kh, kw = layer.kernel_size
             total += int(h) * int(w) * kh * kw * (int(c_in) // layer.groups) * int(c_out)
+        elif isinstance(layer, layers.DepthwiseConv2D):  # not a Conv2D subclass in Keras 3
+            _, h, w, c_out = layer.output.shape  # c_in * depth_multiplier; one kh x kw filter per channel
+            kh, kw = layer.kernel_size
+            total += int(h) * int(w) * kh * kw * int(c_out)
         elif isinstance(layer, layers.Dense):
             total += int(layer.input.shape[-1]) * int(layer.units)
     return total
@@ -162,6 +166,20 @@ def count_macs(model_or_cfg) -> int:
 
 def load_run(run_dir: str | Path):
     """(best Keras model, config.json dict) of a training run; one-line UserError when missing or unreadable."""
+    config, model_path = read_run_config(run_dir)
+    import keras
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:  # Keras raises many types for a corrupt zip / wrong file
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{model_path}: cannot load the model ({msg})") from None
+    return model, config
+
+
+def read_run_config(run_dir: str | Path) -> tuple[dict, Path]:
+    """(config.json dict, model path) of a run folder, checked without Keras, so a bad run folder is refused
+    before TensorFlow loads (and prints its start-up noise next to the one-line error)."""
     run = Path(run_dir)
     cfg_path = run / "config.json"
     model_path = run / "model.keras"
@@ -177,11 +195,4 @@ def load_run(run_dir: str | Path):
         raise UserError(f"{cfg_path}: not a JSON object")
     if not model_path.is_file():
         raise UserError(f"{model_path}: missing (training did not save a checkpoint)")
-    import keras
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as exc:  # Keras raises many types for a corrupt zip / wrong file
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{model_path}: cannot load the model ({msg})") from None
-    return model, config
+    return config, model_path
