@@ -116,7 +116,8 @@ class KnnSource:
         )
         train_feats = _tflite_outputs(runner, self.train)
         keep = self.keep if self.keep is not None else coreset_keep(train_feats, self.recipe)
-        bank = build_bank(train_feats, _tflite_outputs(runner, self.val_good), self.recipe, keep)
+        val_feats = _tflite_outputs(runner, self.val_good)
+        bank = build_bank(train_feats, val_feats, self.train.x.shape[1:3], self.recipe, keep)
         return replace(self, keep=keep, bank=bank, train_feats=train_feats)
 
 
@@ -310,6 +311,7 @@ def _knn_recipe(model_dir, config: dict):
         global_weight=float(args.get("global_weight", 1.0)),
         seed=int(args.get("seed", 0)),
         distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean
+        sigma=float(config["score"]["params"].get("sigma", 4.0)),  # the map blur the run's scores used
     )
 
 

@@ -140,6 +140,29 @@ def test_bank_score_flags_an_outlier_patch_and_maps_it():
     assert 8 <= y < 12 and 20 <= x < 24  # patch (2, 5) of an 8x8 grid on a 32x32 map
 
 
+def test_score_is_the_peak_of_the_anomaly_map_and_old_bundles_keep_the_patch_peak(tmp_path):
+    """The number compared with the threshold is the top of the heat map; a format-1 bank meta means "patch"."""
+    rng = np.random.default_rng(15)
+    good = rng.normal(size=(400, 8)).astype(np.float32)
+    grid = good[:64].reshape(8, 8, 8).copy()
+    grid[3, 3] += 6.0  # one odd patch: blurring spreads it, so the map's peak is below the raw patch's score
+    bank = Bank(patches=good[64:], images=good[:0], global_weight=0.0)
+    score, amap = bank.score(grid, (64, 64), sigma=8.0)
+    assert score == pytest.approx(float(amap.max()))
+    raw = nn_distances(grid.reshape(-1, 8), good[64:]).max()
+    patch_score, same_map = Bank(patches=good[64:], images=good[:0], global_weight=0.0, peak="patch").score(
+        grid, (64, 64), sigma=8.0
+    )
+    assert patch_score == pytest.approx(raw) and score < raw
+    np.testing.assert_array_equal(amap, same_map)
+    meta = save_bank(tmp_path, bank)
+    assert meta["peak"] == "map" and load_bank(tmp_path, meta).peak == "map"
+    old = {k: v for k, v in meta.items() if k not in ("peak", "distance")}  # what format 1 wrote
+    assert load_bank(tmp_path, old).peak == "patch"
+    with pytest.raises(UserError, match="`peak` 'mean'"):
+        load_bank(tmp_path, {**meta, "peak": "mean"})
+
+
 def test_held_out_train_scores_drop_only_the_image_s_own_rows():
     from train.features import held_out_train_scores
 
@@ -149,7 +172,8 @@ def test_held_out_train_scores_drop_only_the_image_s_own_rows():
     feats = np.stack([base, base + 0.01, rng.normal(size=(4, 4, 8)).astype(np.float32) + 6.0])
     rows = feats.reshape(-1, 8)
     keep = np.arange(len(rows))  # every patch kept: image i's rows are i*16 .. i*16+15
-    bank = Bank(patches=rows[keep], images=feats.reshape(3, -1, 8).mean(1), global_weight=0.0)
+    # peak="patch": the largest patch distance, so the brute force below is a plain nearest-neighbour search
+    bank = Bank(patches=rows[keep], images=feats.reshape(3, -1, 8).mean(1), global_weight=0.0, peak="patch")
     held = held_out_train_scores(bank, feats, keep, (8, 8), sigma=0)
     # Brute force: each image against the rows of the other images only.
     for i in range(3):
@@ -161,7 +185,7 @@ def test_held_out_train_scores_drop_only_the_image_s_own_rows():
     assert bank.score(feats[2], (8, 8), sigma=0)[0] == pytest.approx(0.0, abs=1e-2)
     # A relative bank drops the same rows together with their spacings.
     spacing = np.arange(1.0, len(rows) + 1, dtype=np.float32)
-    relative = Bank(patches=rows, images=bank.images, global_weight=0.0, patch_spacing=spacing)
+    relative = Bank(patches=rows, images=bank.images, global_weight=0.0, patch_spacing=spacing, peak="patch")
     held_rel = held_out_train_scores(relative, feats, keep, (8, 8), sigma=0)
     for i in range(3):
         mine = np.s_[i * 16 : (i + 1) * 16]

@@ -71,6 +71,9 @@ class BankRecipe:
     global_weight: float = 0.0  # see KnnFitConfig.global_weight
     seed: int = 0
     distance: str = "euclidean"  # or "relative" (edge.knn: each bank row's distance divided by its spacing)
+    sigma: float = (
+        8.0  # the anomaly map's blur (map pixels), as the score uses it: the scale is measured alike
+    )
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -93,14 +96,16 @@ def coreset_keep(train_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> 
 def build_bank(
     train_feats: np.ndarray,
     val_feats: np.ndarray,
+    hw: tuple[int, int],
     recipe: BankRecipe = BankRecipe(),
     keep: np.ndarray | None = None,
 ) -> Bank:
     """Coreset bank from good training patches; scales from good validation crops (never test).
 
     The scales make the patch and global terms comparable: each is divided by the median of its value on good
-    validation crops, so the combined score is "how many times further from good than a typical good crop".
-    `keep` reuses a selection (coreset_keep) instead of making a new one.
+    validation crops (the patch term as Bank.score computes it, on an `hw` map blurred by recipe.sigma), so the
+    combined score is "how many times further from good than a typical good crop". `keep` reuses a selection
+    (coreset_keep) instead of making a new one.
     """
     d = train_feats.shape[-1]
     patches = train_feats.reshape(-1, d)
@@ -113,7 +118,8 @@ def build_bank(
     if len(val_feats) == 0:
         log.warning("no validation images: bank scales left at 1.0")
         return bank
-    patch_val = [float(nn_distances(f.reshape(-1, d), kept, row_scale=spacing).max()) for f in val_feats]
+    patch_only = replace(bank, global_weight=0.0)
+    patch_val = [patch_only.score(f, hw, sigma=recipe.sigma)[0] for f in val_feats]
     image_val = nn_distances(np.stack([global_embedding(f) for f in val_feats]), images)
     log.info("bank: %d of %d patches kept, dim %d", len(keep), len(patches), d)
     return replace(
