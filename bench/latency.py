@@ -1,19 +1,32 @@
-"""Per-crop inference latency of the CAE: Keras vs TFLite float32 / float16 / int8, 1 and 2 threads.
+"""Per-crop inference latency of the CAE and of the default method (`effnet-knn`): Keras vs TFLite float32 /
+float16 / int8, 1 and 2 threads.
+
+Why both models: the committed default bundle (models/default) is `effnet-knn`, an int8 EfficientNet-Lite0 cut
+to a patch-feature grid followed by a numpy nearest-neighbour search over the bundle's bank, so the CAE's figures
+alone no longer describe what the device runs. The effnet feature model is converted with the interface
+convert/bundle_writer.py ships (int8, uint8 input, float32 dequantized output) and the shipped model.tflite is
+timed next to it. Its end-to-end time is Scorer.score on the real bundle (backbone + kNN search + heat map),
+timed around the call: ScoreResult.inference_ms covers the interpreter alone.
 
 Why an efficiency number and not just milliseconds: milliseconds alone cannot say whether a runtime is slow
 because the model is big or because it runs it badly. Efficiency = the model's achieved MAC/s divided by the
 same runtime's MAC/s on one large 3x3 convolution alone (converted the same way; for int8 the faster of its
 uint8 and float I/O conversions, since requantizing a large tensor is not convolution work), i.e. how close the whole
 network gets to what that runtime can do on its best-case layer. Latency does not depend on the weights, so an
-untrained model of the default config is used and no training run is needed.
+untrained CAE of the default config is used and no training run is needed (the effnet weights are the installed
+pretrained ones).
 
-Also: the peak RSS of a scorer-only process (no TensorFlow: sys.modules["tensorflow"] = None) that loads the int8
-bundle and scores 50 crops. tflite-runtime is measured only when it imports (its wheels need numpy<2, so not in
+Also: a scorer-only process (no TensorFlow: sys.modules["tensorflow"] = None) per thread count that loads the
+int8 bundle (for the CAE a temporary one around the untrained model, for effnet models/default) and scores
+300x300 crops: median model and end-to-end ms, peak RSS. numpy's BLAS gets the same thread count (the kNN
+search is one matrix product) and OpenCV one thread, as edge.daemon sets it, so "1 thread" is the whole
+process's compute. tflite-runtime is measured only when it imports (its wheels need numpy<2, so not in
 this venv). The peak RSS is the probe's VmHWM: Linux carries ru_maxrss over fork + exec from the (TensorFlow-sized)
 parent, so ru_maxrss alone would report the bench's own size; both are stored. Keras runs in a subprocess per
 thread count because TensorFlow's thread pools are fixed at start-up.
 
-    .venv/bin/python bench/latency.py [--config seed] [--size 128] [--runs 50] [--out bench/results/latency.json]
+    .venv/bin/python bench/latency.py [--model cae|effnet|both] [--config seed] [--size 128]
+        [--bundle models/default] [--runs 50] [--out bench/results/latency.json]
 """
 
 from __future__ import annotations
@@ -28,9 +41,16 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+    from convert.tflite import ConvertOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,8 +58,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 log = logging.getLogger("bench.latency")
 
+MODELS = ("cae", "effnet")
 THREADS = (1, 2)
 CONV = (64, 64, 64)  # the reference layer: 3x3 conv, 64 -> 64 channels on a 64 x 64 map (151 M MACs)
+CONV_MACS = CONV[0] * CONV[1] * 9 * CONV[2] * CONV[2]
+BLOCK = 5  # consecutive invokes of one model before the next takes its turn (tflite_ms)
+REPRESENTATIVE = 32  # int8 calibration images: they set ranges, not the graph, so not the latency
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def median_ms(fn, runs: int, warmup: int) -> float:
@@ -53,21 +78,41 @@ def median_ms(fn, runs: int, warmup: int) -> float:
     return float(np.median(times) * 1000.0)
 
 
-def _build(config: str, size: int):
+def build_model(model: str, config: str, size: int) -> keras.Model:
+    """The Keras network a model kind converts: the untrained CAE, or the pretrained effnet patch-feature net."""
     import keras
 
+    keras.utils.set_random_seed(0)
+    if model == "effnet":
+        from train.features import effnet_feature_model
+
+        return effnet_feature_model(size)
     from train.model import build_cae, get_config
 
-    keras.utils.set_random_seed(0)
     return build_cae(get_config(config, input_size=size))
 
 
-def _conv_model():
+def variants(model: str) -> dict[str, ConvertOptions]:
+    """name -> ConvertOptions; int8 as convert/bundle_writer ships it (kNN feature models: float32 output)."""
+    from convert.tflite import ConvertOptions
+
+    int8 = ConvertOptions(
+        quant="int8", representative=REPRESENTATIVE, augment=False, float_output=model == "effnet"
+    )
+    return {
+        "float32": ConvertOptions(quant="float32"),
+        "float16": ConvertOptions(quant="float16"),
+        "int8": int8,
+        "int8_float_io": replace(int8, io="float32"),
+    }
+
+
+def _conv_model() -> keras.Model:
     import keras
 
     h, w, c = CONV
     inp = keras.Input((h, w, c))
-    return keras.Model(inp, keras.layers.Conv2D(c, 3, padding="same")(inp)), h * w * 9 * c * c
+    return keras.Model(inp, keras.layers.Conv2D(c, 3, padding="same")(inp))
 
 
 def _images(shape: tuple[int, ...], n: int) -> np.ndarray:
@@ -82,49 +127,107 @@ def _images(shape: tuple[int, ...], n: int) -> np.ndarray:
     return np.stack(out)
 
 
-def keras_worker(config: str, size: int, threads: int, runs: int, warmup: int) -> dict:
+def convert_all(
+    model: keras.Model, opts: dict[str, ConvertOptions], n_rep: int, folder: Path, prefix: str
+) -> dict[str, tuple[Path, str]]:
+    """Convert `model` once per variant into folder: name -> (.tflite path, quant type)."""
+    from convert.tflite import convert_model, representative_images
+
+    rep = representative_images(_images(tuple(model.input_shape[1:]), n_rep), n_rep, augment=False)
+    out = {}
+    for name, o in opts.items():
+        path = folder / f"{prefix}_{name}.tflite"
+        path.write_bytes(convert_model(model, o, rep))
+        out[name] = (path, o.quant)
+    return out
+
+
+def keras_worker(model: str, config: str, size: int, threads: int, runs: int, warmup: int) -> dict:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    model = _build(config, size)
+    net = build_model(model, config, size)
     x = _images((size, size, 3), 1)
-    fn = tf.function(lambda t: model(t, training=False))
+    fn = tf.function(lambda t: net(t, training=False))
     xt = tf.constant(x)
     return {
-        "keras_predict": median_ms(lambda: model.predict(x, verbose=0), runs, warmup),
+        "keras_predict": median_ms(lambda: net.predict(x, verbose=0), runs, warmup),
         "keras_tf_function": median_ms(lambda: fn(xt).numpy(), runs, warmup),
     }
 
 
-def tflite_ms(interp_cls, path: Path, threads: int, runs: int, warmup: int) -> float:
-    it = interp_cls(model_path=str(path), num_threads=threads)
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    x = np.zeros(i["shape"], i["dtype"])
-
-    def run():
-        it.set_tensor(i["index"], x)
-        it.invoke()
-        it.get_tensor(o["index"])
-
-    return median_ms(run, runs, warmup)
+def _keras_row(model: str, config: str, size: int, threads: int, runs: int, warmup: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--keras-worker", str(threads), "--model", model, "--config", config,
+         "--size", str(size), "--runs", str(runs), "--warmup", str(warmup)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"keras worker ({model}) failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _scorer_rss(bundle: Path, crops: int) -> dict:
+def tflite_ms(interp_cls, paths: list[Path], threads: int, runs: int, warmup: int) -> list[float]:
+    """Median ms per invoke of each model, taking turns in blocks of BLOCK invokes.
+
+    Why turns: on a busy machine the load drifts over a minute; a model and the reference conv timed in
+    turns see the same load, so their ratio (the efficiency) holds even when the milliseconds move.
+    """
+
+    def runner(path: Path):
+        it = interp_cls(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        x = np.zeros(i["shape"], i["dtype"])
+
+        def run():
+            it.set_tensor(i["index"], x)
+            it.invoke()
+            it.get_tensor(o["index"])
+
+        return run
+
+    runners = [runner(p) for p in paths]
+    times: list[list[float]] = [[] for _ in runners]
+    for fn in runners:
+        for _ in range(warmup):
+            fn()
+    while len(times[0]) < runs:
+        for fn, ts in zip(runners, times, strict=True):
+            for _ in range(BLOCK):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+    return [float(np.median(ts) * 1000.0) for ts in times]
+
+
+def scorer_probe(bundle: Path, threads: int, runs: int, warmup: int) -> dict:
+    """A scorer-only process (no TensorFlow) scoring 300x300 crops: median model and end-to-end ms, peak RSS."""
     code = textwrap.dedent(
         f"""
-        import sys, json, resource
+        import sys, json, resource, time
         sys.modules["tensorflow"] = None
+        import cv2
         import numpy as np
         from edge.scorer import Scorer
-        s = Scorer({str(bundle)!r}, threads=2)
+        cv2.setNumThreads(1)  # as edge.daemon sets it
+        s = Scorer({str(bundle)!r}, threads={threads})
         rng = np.random.default_rng(0)
-        ms = [s.score(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).inference_ms for _ in range({crops})]
+        model_ms, score_ms = [], []
+        for i in range({warmup + runs}):
+            crop = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+            t = time.perf_counter()
+            r = s.score(crop)
+            if i >= {warmup}:
+                score_ms.append((time.perf_counter() - t) * 1000.0)
+                model_ms.append(r.inference_ms)
         hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
         print(json.dumps({{"peak_rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else None,
                           "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          "crops": {crops}, "median_inference_ms": float(np.median(ms))}}))
+                          "threads": {threads}, "crops": {runs},
+                          "median_inference_ms": float(np.median(model_ms)),
+                          "median_score_ms": float(np.median(score_ms))}}))
         """
     )
     proc = subprocess.run(
@@ -132,11 +235,14 @@ def _scorer_rss(bundle: Path, crops: int) -> dict:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **dict.fromkeys(BLAS_ENV, str(threads))},
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"scorer RSS probe failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"scorer probe failed: {proc.stderr[-2000:]}")
+    return {
+        k: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
+    }
 
 
 def _temp_bundle(folder: Path, flat: bytes, size: int) -> Path:
@@ -172,22 +278,70 @@ def _temp_bundle(folder: Path, flat: bytes, size: int) -> Path:
     return folder
 
 
-def run(config: str, size: int, runs: int, warmup: int) -> dict:
-    from convert.tflite import ConvertOptions, convert_model, representative_images
-    from edge.interpreter import interpreter_class
+def _shown(path: Path) -> str:
+    """A path relative to the repo when inside it (results files are committed)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def measure(
+    model: str,
+    config: str,
+    size: int,
+    runtimes: dict,
+    conv: dict[str, tuple[Path, str]],
+    folder: Path,
+    runs: int,
+    warmup: int,
+    shipped: Path | None = None,
+) -> dict:
+    """One model's section: MACs, sizes and per thread count the Keras and TFLite ms, efficiency, ratios.
+
+    `conv`: the reference conv's variants (convert_all), timed in turns with the model's (tflite_ms).
+
+    `shipped`: a bundle's model.tflite timed too (as `<runtime>_int8_shipped`), to show the bench's int8 is it.
+    """
     from train.model import count_macs
 
-    model = _build(config, size)
-    macs = count_macs(model)
-    conv, conv_macs = _conv_model()
-    rep = representative_images(_images((size, size, 3), 32), 32)
-    conv_rep = _images(CONV, 8)
-    variants = {
-        "float32": ConvertOptions(quant="float32"),
-        "float16": ConvertOptions(quant="float16"),
-        "int8": ConvertOptions(quant="int8", representative=32, augment=False),
-        "int8_float_io": ConvertOptions(quant="int8", io="float32", representative=32, augment=False),
+    net = build_model(model, config, size)
+    macs = count_macs(net)
+    files = convert_all(net, variants(model), REPRESENTATIVE, folder, model)
+    if shipped is not None:
+        files["int8_shipped"] = (shipped, "int8")
+    sec: dict = {
+        "input_size": size,
+        "output_shape": [int(d) for d in net.output_shape[1:]],
+        "model_macs": macs,
+        "model_kb": {k: round(p.stat().st_size / 1024, 1) for k, (p, _) in files.items()},
+        "threads": {},
     }
+    for threads in THREADS:
+        row = _keras_row(model, config, size, threads, runs, warmup)
+        for rt, cls in runtimes.items():
+            prefix = "tflite" if rt == "litert" else rt
+            ms = tflite_ms(cls, [p for p, _ in (*files.values(), *conv.values())], threads, runs, warmup)
+            peaks: dict[str, float] = {}  # per quant type: the faster I/O variant (I/O is not conv work)
+            for (_, quant), conv_ms in zip(conv.values(), ms[len(files) :], strict=True):
+                peaks[quant] = max(peaks.get(quant, 0.0), CONV_MACS / (conv_ms / 1e3))
+            for (name, (_, quant)), model_ms in zip(files.items(), ms[: len(files)], strict=True):
+                achieved, peak = macs / (model_ms / 1e3), peaks[quant]
+                row[f"{prefix}_{name}"] = model_ms
+                row[f"{prefix}_{name}_gmac_s"] = round(achieved / 1e9, 2)
+                row[f"{prefix}_{name}_conv_gmac_s"] = round(peak / 1e9, 2)
+                row[f"{prefix}_{name}_efficiency"] = round(achieved / peak, 3)
+        row["ratio_int8_float32"] = round(row["tflite_int8"] / row["tflite_float32"], 3)
+        row["ratio_int8_keras"] = round(row["tflite_int8"] / row["keras_predict"], 4)
+        row["ratio_int8_keras_tf_function"] = round(row["tflite_int8"] / row["keras_tf_function"], 4)
+        sec["threads"][str(threads)] = {
+            k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+        }
+    return sec
+
+
+def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs: int, warmup: int) -> dict:
+    from edge.bundle import read_bundle
+    from edge.interpreter import interpreter_class
+
     litert, _ = interpreter_class()
     runtimes = {"litert": litert}
     try:
@@ -197,10 +351,6 @@ def run(config: str, size: int, runs: int, warmup: int) -> dict:
     except ImportError:
         log.info("tflite-runtime not installed (its wheels need numpy<2): not measured")
     result: dict = {
-        "config": config,
-        "input_size": size,
-        "model_macs": macs,
-        "reference_conv": {"shape": list(CONV), "kernel": 3, "macs": conv_macs},
         "runs": runs,
         "warmup": warmup,
         "statistic": "median ms per crop (batch 1)",
@@ -208,87 +358,127 @@ def run(config: str, size: int, runs: int, warmup: int) -> dict:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()],  # other work on the machine: noise
         },
         "tflite_runtime": "measured" if "tflite_runtime" in runtimes else "not installed (needs numpy<2)",
-        "threads": {},
     }
     with tempfile.TemporaryDirectory(prefix="dishwatch-bench-") as tmp:
-        files, conv_files = {}, {}
-        for name, opts in variants.items():
-            files[name] = Path(tmp) / f"{name}.tflite"
-            files[name].write_bytes(flat := convert_model(model, opts, rep))
-            if name == "int8":
-                bundle = _temp_bundle(Path(tmp) / "bundle", flat, size)
-            conv_files[name] = Path(tmp) / f"conv_{name}.tflite"
-            conv_files[name].write_bytes(convert_model(conv, opts, conv_rep))
-        result["model_kb"] = {k: round(p.stat().st_size / 1024, 1) for k, p in files.items()}
-        for threads in THREADS:
-            row: dict = {}
-            proc = subprocess.run(
-                [sys.executable, __file__, "--keras-worker", str(threads), "--config", config, "--size", str(size),
-                 "--runs", str(runs), "--warmup", str(warmup)],
-                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )  # fmt: skip
-            if proc.returncode != 0:
-                raise RuntimeError(f"keras worker failed: {proc.stderr[-2000:]}")
-            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-            for rt_name, cls in runtimes.items():
-                prefix = "tflite" if rt_name == "litert" else rt_name
-                conv_peak: dict[
-                    str, float
-                ] = {}  # per quant type: the faster I/O variant (I/O is not conv work)
-                for name, opts in variants.items():
-                    conv_ms = tflite_ms(cls, conv_files[name], threads, runs, warmup)
-                    conv_peak[opts.quant] = max(conv_peak.get(opts.quant, 0.0), conv_macs / (conv_ms / 1e3))
-                for name, opts in variants.items():
-                    ms = tflite_ms(cls, files[name], threads, runs, warmup)
-                    achieved, peak = macs / (ms / 1e3), conv_peak[opts.quant]
-                    row[f"{prefix}_{name}"] = ms
-                    row[f"{prefix}_{name}_gmac_s"] = round(achieved / 1e9, 2)
-                    row[f"{prefix}_{name}_conv_gmac_s"] = round(peak / 1e9, 2)
-                    row[f"{prefix}_{name}_efficiency"] = round(achieved / peak, 3)
-            row["ratio_int8_float32"] = round(row["tflite_int8"] / row["tflite_float32"], 3)
-            row["ratio_int8_keras"] = round(row["tflite_int8"] / row["keras_predict"], 4)
-            row["ratio_int8_keras_tf_function"] = round(row["tflite_int8"] / row["keras_tf_function"], 4)
-            result["threads"][str(threads)] = {
-                k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+        folder = Path(tmp)
+        conv = convert_all(_conv_model(), variants("cae"), 8, folder, "conv")
+        result["reference_conv"] = {"shape": list(CONV), "kernel": 3, "macs": CONV_MACS}
+        if "cae" in models:
+            sec = {"name": f"{config} CAE", "config": config}
+            sec.update(measure("cae", config, size, runtimes, conv, folder, runs, warmup))
+            bundle = _temp_bundle(folder / "cae_bundle", (folder / "cae_int8.tflite").read_bytes(), size)
+            sec["scorer_process"] = {str(t): scorer_probe(bundle, t, runs, warmup) for t in THREADS}
+            result["cae"] = sec
+        if "effnet" in models:
+            info = read_bundle(bundle_dir)
+            if info.score_method != "effnet-knn":
+                raise SystemExit(f"--bundle {bundle_dir}: method {info.score_method}, not effnet-knn")
+            bank = info.score_params["bank"]
+            sec = {
+                "name": "EfficientNet-Lite0 patch features",
+                "bundle": _shown(bundle_dir),
+                "method": info.score_method,
             }
-        result["scorer_process"] = _scorer_rss(bundle, 50)
+            sec.update(
+                measure(
+                    "effnet",
+                    config,
+                    info.input.height,
+                    runtimes,
+                    conv,
+                    folder,
+                    runs,
+                    warmup,
+                    info.model_path,
+                )
+            )
+            h, w, dim = sec["output_shape"]
+            if dim != bank["dim"]:
+                raise SystemExit(f"feature dim {dim} differs from the bundle's bank ({bank['dim']})")
+            sec["knn"] = {
+                "patches": bank["patches"],
+                "dim": dim,
+                "grid": [h, w],
+                "macs": h * w * bank["patches"] * dim,
+            }
+            sec["scorer_process"] = {str(t): scorer_probe(bundle_dir, t, runs, warmup) for t in THREADS}
+            result["effnet"] = sec
+    result["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
 
 
-def table(r: dict) -> str:
+def _model_table(m: str, s: dict, runs: int, warmup: int) -> list[str]:
+    first = next(iter(s["threads"].values()))
     lines = [
-        f"latency per crop, {r['config']} CAE at {r['input_size']} px ({r['model_macs'] / 1e9:.3f} GMAC), "
-        f"median of {r['runs']} after {r['warmup']} warm-up",
-        f"{'runtime':<24}" + "".join(f"{t + ' thr ms':>12}{'eff':>7}" for t in r["threads"]),
+        f"== {m}: {s['name']} at {s['input_size']} px ({s['model_macs'] / 1e9:.3f} GMAC), "
+        f"median ms per crop of {runs} after {warmup} warm-up",
+        f"{'runtime':<26}" + "".join(f"{t + ' thr ms':>12}{'eff':>7}" for t in s["threads"]),
     ]
-    names = ["keras_predict", "keras_tf_function"] + sorted(
-        k for k in next(iter(r["threads"].values())) if k.startswith(("tflite_", "tflite_runtime_")) and k.count("_") <= 3
-        and not k.endswith(("gmac_s", "efficiency"))
-    )  # fmt: skip
-    for n in names:
+    for n in (k for k in first if not k.startswith("ratio_") and not k.endswith(("_gmac_s", "_efficiency"))):
         cells = ""
-        for row in r["threads"].values():
+        for row in s["threads"].values():
             eff = row.get(f"{n}_efficiency")
             cells += f"{row[n]:>12.2f}{'' if eff is None else f'{eff:.2f}':>7}"
-        lines.append(f"{n:<24}{cells}")
-    for t, row in r["threads"].items():
+        lines.append(f"{n:<26}{cells}")
+    for t, row in s["threads"].items():
         lines.append(
-            f"{t} thread(s): int8/float32 {row['ratio_int8_float32']:.2f}, int8/keras predict {row['ratio_int8_keras']:.3f}"
+            f"{t} thread(s): int8/float32 {row['ratio_int8_float32']:.2f}, "
+            f"int8/keras predict {row['ratio_int8_keras']:.3f}, int8/tf.function {row['ratio_int8_keras_tf_function']:.3f}"
         )
-    s = r["scorer_process"]
+    for t, row in s["threads"].items():
+        conv = {q: row[f"tflite_{q}_conv_gmac_s"] for q in ("float32", "float16", "int8")}
+        lines.append(
+            f"{t} thread(s): reference conv GMAC/s " + ", ".join(f"{q} {v:.0f}" for q, v in conv.items())
+        )
+    if "knn" in s:
+        k = s["knn"]
+        lines.append(
+            f"kNN search: {k['grid'][0]}x{k['grid'][1]} patches x {k['patches']} bank rows x {k['dim']} dims "
+            f"= {k['macs'] / 1e9:.3f} GMAC per crop (numpy float32)"
+        )
+    for t, p in s["scorer_process"].items():
+        lines.append(
+            f"scorer-only process, {t} thread(s) ({s.get('bundle', 'int8, untrained')}, no TensorFlow): "
+            f"model {p['median_inference_ms']:.2f} ms, end-to-end {p['median_score_ms']:.2f} ms per crop, "
+            f"peak RSS {p['peak_rss_mb']:.0f} MB"
+        )
+    return lines
+
+
+def table(r: dict) -> str:
+    lines = []
+    for m in MODELS:
+        if m in r:
+            lines += _model_table(m, r[m], r["runs"], r["warmup"])
+    ref = r["reference_conv"]
     lines.append(
-        f"scorer-only process (int8, no TensorFlow): peak RSS {s['peak_rss_mb']:.0f} MB over {s['crops']} crops"
+        f"eff = model GMAC/s over the reference {ref['kernel']}x{ref['kernel']} conv's on {ref['shape']} "
+        f"({ref['macs'] / 1e6:.0f} M MAC), same runtime, quant and threads, timed in turns"
     )
-    lines.append(f"tflite-runtime: {r['tflite_runtime']}")
+    lines.append(
+        f"tflite-runtime: {r['tflite_runtime']}; load average (1, 5, 15 min) at start "
+        f"{r['machine']['loadavg_start']}, end {r['machine']['loadavg_end']}"
+    )
     return "\n".join(lines)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument(
+        "--model", choices=(*MODELS, "both"), default="both", help="what to measure (default both)"
+    )
     p.add_argument("--config", default=None, help="CAE config (default: train.model.DEFAULT_CONFIG)")
-    p.add_argument("--size", type=int, default=128, help="input size in px (default 128, the default input)")
+    p.add_argument(
+        "--size", type=int, default=128, help="CAE input size in px (default 128, the default input)"
+    )
+    p.add_argument(
+        "--bundle",
+        default=str(ROOT / "models" / "default"),
+        help="effnet-knn bundle (its input size is used)",
+    )
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
@@ -299,9 +489,10 @@ def main() -> int:
 
     config = a.config or DEFAULT_CONFIG
     if a.keras_worker:
-        print(json.dumps(keras_worker(config, a.size, a.keras_worker, a.runs, a.warmup)))
+        print(json.dumps(keras_worker(a.model, config, a.size, a.keras_worker, a.runs, a.warmup)))
         return 0
-    result = run(config, a.size, max(a.runs, 1), a.warmup)
+    models = MODELS if a.model == "both" else (a.model,)
+    result = run(models, config, a.size, Path(a.bundle), max(a.runs, 1), a.warmup)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
