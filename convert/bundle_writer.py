@@ -104,21 +104,23 @@ class KnnSource:
     recipe: object  # train.features.BankRecipe
     keep: np.ndarray | None = None
     bank: Bank | None = None
-    train_feats: np.ndarray | None = None
+    train_feats: np.ndarray | None = None  # of the bank's views: the training images, then their copies
+    source: np.ndarray | None = None  # the training image behind each view (train.features.bank_views)
 
     def build(self, runner: ModelRunner) -> KnnSource:
-        from train.features import build_bank, coreset_keep
+        from train.features import bank_views, build_bank, coreset_keep
 
         if self.bank is not None:
             return self
         log.info(
             "building the bank from the converted model's features of %d train images", len(self.train.x)
         )
-        train_feats = _tflite_outputs(runner, self.train)
+        views, source = bank_views(self.train.x, self.recipe)  # the same copies the run's fit made
+        train_feats = _tflite_outputs(runner, Split([], views))
         keep = self.keep if self.keep is not None else coreset_keep(train_feats, self.recipe)
         val_feats = _tflite_outputs(runner, self.val_good)
         bank = build_bank(train_feats, val_feats, self.train.x.shape[1:3], self.recipe, keep)
-        return replace(self, keep=keep, bank=bank, train_feats=train_feats)
+        return replace(self, keep=keep, bank=bank, train_feats=train_feats, source=source)
 
 
 def _stage(
@@ -275,6 +277,7 @@ def _convert_and_measure(
             target_fpr,
             float(b.score_params["sigma"]),
             anom_scores,
+            knn.source,
         )
     q_scores, q_maps, q_out = _score_split(scorer, test)
     labels, float_scores, float_out = float_ref
@@ -300,11 +303,18 @@ def _float_reference(model_dir, model, config, test: Split, method: str, params:
 def _knn_recipe(model_dir, config: dict):
     """The run's bank recipe (coreset fraction, global weight, seed, distance) from config.json `args`."""
     from train.features import BankRecipe
+    from train.knn_fit import MAX_BANK_AUGMENT
 
     args = config.get("args") or {}
     if args.get("distance", "euclidean") not in DISTANCES:
         raise UserError(
             f"{Path(model_dir) / 'config.json'}: args.distance {args['distance']!r} is not one of {', '.join(DISTANCES)}"
+        )
+    augment = args.get("bank_augment", 0)  # runs made before the option banked the photos only
+    if not isinstance(augment, int) or isinstance(augment, bool) or not 0 <= augment <= MAX_BANK_AUGMENT:
+        raise UserError(
+            f"{Path(model_dir) / 'config.json'}: args.bank_augment {augment!r} is not a whole number 0 to "
+            f"{MAX_BANK_AUGMENT}"
         )
     return BankRecipe(
         coreset_fraction=float(args.get("coreset_fraction", 0.01)),
@@ -312,6 +322,7 @@ def _knn_recipe(model_dir, config: dict):
         seed=int(args.get("seed", 0)),
         distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean
         sigma=float(config["score"]["params"].get("sigma", 4.0)),  # the map blur the run's scores used
+        augment=augment,
     )
 
 
@@ -387,7 +398,7 @@ def build_bundle(
     knn = None
     if method in KNN_METHODS:
         grid = float_ref[2].shape[1:3]  # the float features' (h, w) grid, the same as the converted model's
-        keep = run_keep(model_dir, config, len(train.x) * int(np.prod(grid)))
+        keep = run_keep(model_dir, config, len(train.x) * (1 + recipe.augment) * int(np.prod(grid)))
         knn = KnnSource(train, val_good, recipe, keep=keep)
         opts = replace(opts, float_output=opts.quant == "int8")  # features leave the model dequantized
 

@@ -120,12 +120,12 @@ class Bank:
     def distance(self) -> str:
         return "euclidean" if self.patch_spacing is None else "relative"
 
-    def without(self, rows: np.ndarray, image: int | None = None) -> Bank:
-        """The bank minus patch rows (a boolean mask of rows to drop) and one image embedding: held-out scoring."""
+    def without(self, rows: np.ndarray, images: np.ndarray | None = None) -> Bank:
+        """The bank minus patch rows and image embeddings (boolean masks of what to drop): held-out scoring."""
         keep = ~np.asarray(rows, dtype=bool)
-        images = self.images if image is None else np.delete(self.images, image, axis=0)
+        embeddings = self.images if images is None else self.images[~np.asarray(images, dtype=bool)]
         spacing = None if self.patch_spacing is None else self.patch_spacing[keep]
-        return replace(self, patches=self.patches[keep], images=images, patch_spacing=spacing)
+        return replace(self, patches=self.patches[keep], images=embeddings, patch_spacing=spacing)
 
     def score(
         self, features: np.ndarray, out_hw: tuple[int, int], sigma: float = 8.0

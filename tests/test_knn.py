@@ -195,6 +195,47 @@ def test_held_out_train_scores_drop_only_the_image_s_own_rows():
         assert held_rel[i] == pytest.approx(expected, rel=1e-4)
 
 
+def test_bank_views_are_deterministic_copies_after_the_originals():
+    from train.features import BankRecipe, bank_views, coreset_keep
+
+    rng = np.random.default_rng(16)
+    images = rng.random((3, 32, 32, 3), dtype=np.float32)
+    recipe = BankRecipe(augment=2, seed=5)
+    views, source = bank_views(images, recipe)
+    assert views.shape == (9, 32, 32, 3) and views.dtype == np.float32
+    assert source.tolist() == [0, 1, 2, 0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(views[:3], images)  # view i < n is image i
+    assert all(not np.allclose(views[3 + k], images[source[3 + k]]) for k in range(6))  # each copy moved
+    assert views.min() >= 0.0 and views.max() <= 1.0  # uint8-safe for the int8 model in convert
+    again, _ = bank_views(images, recipe)
+    np.testing.assert_array_equal(again, views)  # convert makes the same copies as fit
+    assert bank_views(images, BankRecipe())[0] is images
+    # The coreset fraction is of the photos' own patches: copies enlarge the pool, not the bank.
+    feats = rng.normal(size=(9, 8, 8, 4)).astype(np.float32)
+    frac = BankRecipe(coreset_fraction=0.5, min_patches=1, augment=2)
+    assert len(coreset_keep(feats, frac)) == round(0.5 * 3 * 64)
+
+
+def test_held_out_scores_drop_the_rows_of_an_image_s_augmented_copies():
+    from train.features import held_out_train_scores
+
+    rng = np.random.default_rng(17)
+    feats = rng.normal(size=(2, 4, 4, 8)).astype(np.float32) + np.array([0.0, 9.0])[:, None, None, None]
+    views = np.concatenate([feats, feats + 0.01])  # a copy of each image, nearly identical to it
+    source = np.array([0, 1, 0, 1])
+    rows = views.reshape(-1, 8)
+    keep = np.arange(len(rows))
+    bank = Bank(patches=rows, images=views.reshape(4, -1, 8).mean(1), global_weight=0.0, peak="patch")
+    held = held_out_train_scores(bank, views, keep, (4, 4), sigma=0, source=source)
+    assert held.shape == (2,)  # one score per photo, not per view
+    for i in range(2):
+        others = rows[np.repeat(source, 16) != i]
+        assert held[i] == pytest.approx(nn_distances(feats[i].reshape(-1, 8), others).max(), rel=1e-4)
+        assert held[i] > 5  # its copy would have stood in for it at ~0.01
+    unaware = held_out_train_scores(bank, views, keep, (4, 4), sigma=0)  # without `source`: copies leak
+    assert unaware[0] < 0.1
+
+
 def test_knn_calibration_reaches_the_quantile_rule_with_held_out_training_images():
     from train.knn_fit import CALIBRATION_SPLIT, calibrate_knn
 

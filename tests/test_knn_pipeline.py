@@ -35,19 +35,10 @@ def _images(dataset: Path, sub: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def knn_run(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("knn_run") / "run"
-    args = (
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(out),
-        "--image-size",
-        str(KNN_SIZE),
-        "--distance",
-        "relative",
-    )
-    _ok(
-        run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn"
-    )  # cae-knn's test: euclidean
+    # the non-default bank options here; cae-knn's test runs the defaults (euclidean, no copies)
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE), "--distance", "relative",
+            "--bank-augment", "2")  # fmt: skip
+    _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
     return out
 
 
@@ -107,6 +98,10 @@ def test_bundle_bank_keeps_the_run_s_coreset_rows(knn_bundle, knn_run):
     config = json.loads((knn_run / "config.json").read_text())
     keep = np.load(knn_run / config["coreset"]["file"])
     assert len(keep) == config["coreset"]["kept"] and keep.max() < config["coreset"]["of"]
+    # the fixture's bank offers the coreset 2 augmented copies of each photo (convert must make the same ones)
+    n_train, (h, w) = config["data"]["n_train"], config["features"]["grid"]
+    assert config["args"]["bank_augment"] == 2 and config["coreset"]["of"] == n_train * 3 * h * w
+    assert keep.max() >= n_train * h * w  # some kept rows come from the copies
     with np.load(knn_run / "bank.npz") as z:
         run_rows = z["patches"].astype(np.float32)
     with np.load(io.BytesIO((knn_bundle / "bank.npz").read_bytes())) as z:
@@ -210,7 +205,10 @@ def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_pa
     cae_input = json.loads((tiny_run / "config.json").read_text())["input"]
     assert config["score"]["method"] == "cae-knn" and config["input"] == cae_input
     assert config["args"]["coreset_fraction"] == 0.05 and config["threshold"] > 0
-    assert config["score"]["params"]["bank"]["distance"] == "euclidean"  # the default
+    assert config["score"]["params"]["bank"]["distance"] == "euclidean"  # the defaults
+    h, w = config["features"]["grid"]
+    assert config["args"]["bank_augment"] == 0
+    assert config["coreset"]["of"] == config["data"]["n_train"] * h * w
     assert config["score"]["params"]["bank"]["global_weight"] == 0.5
 
     from edge.preprocess import InputSpec
@@ -223,14 +221,20 @@ def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_pa
     assert maps.shape == (3, spec.height, spec.width)
 
 
-def test_convert_refuses_a_run_with_an_unknown_distance(knn_run, tiny_dataset, tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [("distance", "cosine", "args.distance 'cosine'"), ("bank_augment", -1, "args.bank_augment -1")],
+)
+def test_convert_refuses_a_run_with_a_garbled_bank_recipe(
+    knn_run, tiny_dataset, tmp_path, field, value, needle
+):
     run = tmp_path / "run"
     shutil.copytree(knn_run, run)
     config = json.loads((run / "config.json").read_text())
-    config["args"]["distance"] = "cosine"
+    config["args"][field] = value
     (run / "config.json").write_text(json.dumps(config))
     proc = run_cli("convert", "--model", str(run), "--data", str(tiny_dataset), "--out", str(tmp_path / "b"))
-    assert_one_line_error(proc, "config.json", "args.distance 'cosine'")
+    assert_one_line_error(proc, "config.json", needle)
 
 
 def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
@@ -241,3 +245,4 @@ def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
     assert_one_line_error(
         run_cli(*base, "--method", "effnet-knn", "--global-weight", "-1"), "--global-weight"
     )
+    assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--bank-augment", "99"), "--bank-augment")

@@ -64,6 +64,13 @@ def build_parser() -> OneLineParser:
         "distance to its nearest other bank patch, so dense and sparse good texture are judged alike (measured "
         "within noise on the synthetic presets, README)",
     )
+    f.add_argument(
+        "--bank-augment",
+        type=int,
+        default=0,
+        help="knn: shifted/turned/re-lit copies of each training image whose patches the coreset may pick; "
+        "the bank keeps its size (default 0: on dsm100, 3 copies were within the coreset's seed noise, README)",
+    )
     f.add_argument("--epochs", type=int, default=200, help="cae only")
     f.add_argument("--batch-size", type=int, default=64, help="cae only")
     f.add_argument(

@@ -72,12 +72,34 @@ class BankRecipe:
     seed: int = 0
     distance: str = "euclidean"  # or "relative" (edge.knn: each bank row's distance divided by its spacing)
     sigma: float = (
-        8.0  # the anomaly map's blur (map pixels), as the score uses it: the scale is measured alike
+        8.0  # the anomaly map's blur (map pixels) as the score uses it, so the scale is measured alike
     )
+    augment: int = 0  # shifted/turned/re-lit copies of each training image whose patches the coreset may pick
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise ValueError(f"distance {self.distance!r} is not one of {', '.join(DISTANCES)}")
+
+
+def bank_views(images: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """The training images and `recipe.augment` copies of each, and for every view the image it came from.
+
+    Why: a DSM-sized set has three or four photos of a dish, so a good plate that sits a little further left, is
+    turned a few degrees or is lit a little warmer than all of them looks new to a plain bank. Copies made with
+    the fixed-camera augmentation of training (train.augment) fill that gap; the coreset keeps the bank's size,
+    so the device pays nothing. Deterministic (seeded by recipe.seed), so convert makes the same copies and the
+    run's coreset rows (coreset.npy) index the same views. The originals come first: view i < len(images) is
+    image i.
+    """
+    from train.augment import AugmentConfig, augment_image
+
+    n = len(images)
+    if recipe.augment <= 0 or n == 0:
+        return images, np.arange(n)
+    rng = np.random.default_rng(recipe.seed)
+    copies = [augment_image(img, rng, AugmentConfig()) for img in images for _ in range(recipe.augment)]
+    views = np.concatenate([images, np.stack(copies).astype(images.dtype)])
+    return views, np.r_[np.arange(n), np.repeat(np.arange(n), recipe.augment)]
 
 
 def coreset_keep(train_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> np.ndarray:
@@ -89,7 +111,9 @@ def coreset_keep(train_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> 
     quantization's own effect in the parity report.
     """
     patches = train_feats.reshape(-1, train_feats.shape[-1])
-    n = int(np.clip(round(recipe.coreset_fraction * len(patches)), recipe.min_patches, recipe.max_patches))
+    originals = len(patches) / (1 + max(recipe.augment, 0))  # the fraction is of the photos' own patches
+    n = int(np.clip(round(recipe.coreset_fraction * originals), recipe.min_patches, recipe.max_patches))
+    n = min(n, len(patches))
     return greedy_coreset(patches, n, seed=recipe.seed)
 
 
@@ -128,7 +152,12 @@ def build_bank(
 
 
 def held_out_train_scores(
-    bank: Bank, train_feats: np.ndarray, keep: np.ndarray, hw: tuple[int, int], sigma: float
+    bank: Bank,
+    train_feats: np.ndarray,
+    keep: np.ndarray,
+    hw: tuple[int, int],
+    sigma: float,
+    source: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each good training image's score against the bank without its own patches and embedding.
 
@@ -137,14 +166,17 @@ def held_out_train_scores(
     bank stands in for a new photo of a dish the bank knows (the other photos of that dish stay in). Measured on
     dsm100 (README): these scores sit in the same range as the validation images' (99th percentile 1.18 vs
     1.20 in units of the val median; a 5-fold rebuild of the coreset, five selections, gave 1.24). Only the
-    coreset rows that came from image i are dropped for image i. A relative bank keeps the other rows' spacings
-    as built (a spacing measured to one of the dropped rows is then a little small: a slightly high score, so
-    the threshold errs towards fewer false alarms).
+    coreset rows that came from image i (or from its augmented copies: `source`, bank_views) are dropped for
+    image i. A relative bank keeps the other rows' spacings as built (a spacing measured to one of the dropped
+    rows is then a little small: a slightly high score, so the threshold errs towards fewer false alarms).
     """
+    source = np.arange(len(train_feats)) if source is None else np.asarray(source)
     per_image = int(np.prod(train_feats.shape[1:3]))
-    source = np.asarray(keep) // per_image
-    own_embedding = len(bank.images) == len(train_feats)
-    scores = np.empty(len(train_feats))
-    for i, f in enumerate(train_feats):
-        scores[i] = bank.without(source == i, i if own_embedding else None).score(f, hw, sigma=sigma)[0]
+    row_image = source[np.asarray(keep) // per_image]  # the original image behind each bank row
+    own_embeddings = len(bank.images) == len(train_feats)
+    originals = int(source.max()) + 1 if len(source) else 0
+    scores = np.empty(originals)
+    for i in range(originals):
+        without = bank.without(row_image == i, source == i if own_embeddings else None)
+        scores[i] = without.score(train_feats[i], hw, sigma=sigma)[0]
     return scores

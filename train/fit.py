@@ -361,6 +361,7 @@ def knn_cli_main(args, method: str) -> int:
             coreset_fraction=getattr(args, "coreset", 0.01),
             global_weight=getattr(args, "global_weight", 0.0),
             distance=getattr(args, "distance", "euclidean"),
+            bank_augment=getattr(args, "bank_augment", 0),
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CORESET_FILE = "coreset.npy"  # the bank's row indices into the training patches, reused by convert
 CALIBRATION_SPLIT = "val+train-held-out"
+MAX_BANK_AUGMENT = 16  # each copy is one more feature pass over the training set at fit and convert time
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class KnnFitConfig:
     target_fpr: float = 0.01
     seed: int = 0
     distance: str = "euclidean"  # or "relative" (edge.knn); on dsm100 within the coreset seed noise (README)
+    bank_augment: int = 0  # augmented copies of each photo offered to the coreset (features.bank_views)
 
     def validate(self) -> KnnFitConfig:
         if self.method not in KNN_METHODS:
@@ -49,6 +51,8 @@ class KnnFitConfig:
             raise UserError("--cae-run: required with --method cae-knn (a trained CAE run folder)")
         if self.distance not in DISTANCES:
             raise UserError(f"--distance {self.distance!r}: not one of {', '.join(DISTANCES)}")
+        if not 0 <= self.bank_augment <= MAX_BANK_AUGMENT:
+            raise UserError(f"--bank-augment {self.bank_augment}: must be 0 to {MAX_BANK_AUGMENT}")
         if self.global_weight < 0:
             raise UserError(f"--global-weight {self.global_weight}: must be 0 or more")
         if not 0 < self.coreset_fraction <= 1:
@@ -76,7 +80,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     """Build the bank and calibrate; writes RUN_DIR/{model.keras, bank.npz, config.json}. Returns config."""
     fc.validate()
     from train.data import load_images
-    from train.features import BankRecipe, build_bank, coreset_keep, extract
+    from train.features import BankRecipe, bank_views, build_bank, coreset_keep, extract
     from train.fit import git_commit, library_versions, make_run_dir, training_splits, write_json
 
     started = time.time()
@@ -85,7 +89,6 @@ def fit_knn(fc: KnnFitConfig) -> dict:
 
     model, spec, desc = feature_model_for(fc)
     log.info("extracting %s features: %d train, %d val images", fc.method, len(train_s), len(val_s))
-    train_f = extract(model, load_images(train_s, spec))
     val_f = extract(model, load_images(val_s, spec))
     hw = (spec.height, spec.width)
     recipe = BankRecipe(
@@ -93,14 +96,22 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         global_weight=fc.global_weight,
         seed=fc.seed,
         distance=fc.distance,
-        sigma=map_sigma(hw, train_f.shape[1:3]),
+        sigma=map_sigma(hw, val_f.shape[1:3]),
+        augment=fc.bank_augment,
     )
+    views, source = bank_views(load_images(train_s, spec), recipe)
+    if recipe.augment:
+        log.info(
+            "bank views: %d training images + %d augmented copies", len(train_s), len(views) - len(train_s)
+        )
+    train_f = extract(model, views)
+    del views
     keep = coreset_keep(train_f, recipe)
     bank = build_bank(train_f, val_f, hw, recipe, keep)
     bank_meta = save_bank(out, bank)
     np.save(out / CORESET_FILE, keep.astype(np.int64))
     val_scores = score_features(bank, val_f, hw, recipe.sigma)[0]
-    cal = calibrate_knn(bank, train_f, keep, val_scores, hw, fc.target_fpr, recipe.sigma)
+    cal = calibrate_knn(bank, train_f, keep, val_scores, hw, fc.target_fpr, recipe.sigma, source=source)
     model.save(out / "model.keras")
     config = {
         "format": 1,  # of the run folder (bundle.json has its own)
@@ -157,6 +168,7 @@ def calibrate_knn(
     target_fpr: float,
     sigma: float,
     anomalous_scores=None,
+    source: np.ndarray | None = None,
 ) -> dict:
     """The threshold from the val scores plus the held-out training scores (rule in train.calibrate).
 
@@ -165,7 +177,7 @@ def calibrate_knn(
     from train.calibrate import calibrate_threshold
     from train.features import held_out_train_scores
 
-    held_out = held_out_train_scores(bank, train_feats, keep, hw, sigma)
+    held_out = held_out_train_scores(bank, train_feats, keep, hw, sigma, source)
     cal = calibrate_threshold(
         np.r_[np.asarray(val_scores, dtype=np.float64), held_out],
         target_fpr=target_fpr,
