@@ -301,29 +301,34 @@ def _float_reference(model_dir, model, config, test: Split, method: str, params:
 
 
 def _knn_recipe(model_dir, config: dict):
-    """The run's bank recipe (coreset fraction, global weight, seed, distance) from config.json `args`."""
+    """The run's bank recipe from config.json: `args` (coreset fraction, global weight, seed, distance, copies)
+    and `score.params` (the map blur, the bank's peak rule), so a run made by an older dishwatch converts alike."""
     from train.features import BankRecipe
     from train.knn_fit import MAX_BANK_AUGMENT
 
+    where = Path(model_dir) / "config.json"
     args = config.get("args") or {}
+    params = config["score"].get("params") or {}
     if args.get("distance", "euclidean") not in DISTANCES:
-        raise UserError(
-            f"{Path(model_dir) / 'config.json'}: args.distance {args['distance']!r} is not one of {', '.join(DISTANCES)}"
-        )
+        raise UserError(f"{where}: args.distance {args['distance']!r} is not one of {', '.join(DISTANCES)}")
     augment = args.get("bank_augment", 0)  # runs made before the option banked the photos only
     if not isinstance(augment, int) or isinstance(augment, bool) or not 0 <= augment <= MAX_BANK_AUGMENT:
         raise UserError(
-            f"{Path(model_dir) / 'config.json'}: args.bank_augment {augment!r} is not a whole number 0 to "
-            f"{MAX_BANK_AUGMENT}"
+            f"{where}: args.bank_augment {augment!r} is not a whole number 0 to {MAX_BANK_AUGMENT}"
         )
-    return BankRecipe(
-        coreset_fraction=float(args.get("coreset_fraction", 0.01)),
-        global_weight=float(args.get("global_weight", 1.0)),
-        seed=int(args.get("seed", 0)),
-        distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean
-        sigma=float(config["score"]["params"].get("sigma", 4.0)),  # the map blur the run's scores used
-        augment=augment,
-    )
+    peak = (params.get("bank") or {}).get("peak", "patch")  # runs made before `peak` took the raw patch max
+    try:
+        return BankRecipe(
+            coreset_fraction=float(args.get("coreset_fraction", 0.01)),
+            global_weight=float(args.get("global_weight", 1.0)),
+            seed=int(args.get("seed", 0)),
+            distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean
+            sigma=float(params.get("sigma", 4.0)),  # the map blur the run's scores used
+            augment=augment,
+            peak=str(peak),
+        )
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: the bank recipe in `args` / `score.params` is not valid ({exc})") from None
 
 
 def _training_record(config: dict, model_dir: str, run_fp: str | None, fingerprint: str) -> dict:

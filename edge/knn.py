@@ -109,12 +109,10 @@ class Bank:
     patch_scale: float = 1.0  # patch distances are divided by this (a high quantile on good validation crops)
     image_scale: float = 1.0  # likewise for the global distance
     global_weight: float = 1.0  # 0 disables the global (not-on-the-menu) term
-    patch_spacing: np.ndarray | None = (
-        None  # (M,) row_spacing of `patches`: the relative distance; None: Euclidean
-    )
-    peak: str = (
-        "map"  # the patch term: the anomaly map's peak ("map") or the largest raw patch score ("patch")
-    )
+    # (M,) row_spacing of `patches` for the relative distance; None: Euclidean
+    patch_spacing: np.ndarray | None = None
+    # the patch term: the anomaly map's peak ("map") or the largest raw patch score ("patch", format 1)
+    peak: str = "map"
 
     @property
     def distance(self) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import DISTANCES, Bank, global_embedding, nn_distances, row_spacing
+from edge.knn import DISTANCES, PEAKS, Bank, global_embedding, nn_distances, row_spacing
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,16 @@ class BankRecipe:
     global_weight: float = 0.0  # see KnnFitConfig.global_weight
     seed: int = 0
     distance: str = "euclidean"  # or "relative" (edge.knn: each bank row's distance divided by its spacing)
-    sigma: float = (
-        8.0  # the anomaly map's blur (map pixels) as the score uses it, so the scale is measured alike
-    )
+    # the anomaly map's blur (map pixels) as the score uses it, so the scale is measured alike
+    sigma: float = 8.0
     augment: int = 0  # shifted/turned/re-lit copies of each training image whose patches the coreset may pick
+    peak: str = "map"  # edge.knn.Bank.peak
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise ValueError(f"distance {self.distance!r} is not one of {', '.join(DISTANCES)}")
+        if self.peak not in PEAKS:
+            raise ValueError(f"peak {self.peak!r} is not one of {', '.join(PEAKS)}")
 
 
 def bank_views(images: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +140,13 @@ def build_bank(
     images = np.stack([global_embedding(f) for f in train_feats])
     kept = patches[keep]
     spacing = row_spacing(kept) if recipe.distance == "relative" else None
-    bank = Bank(patches=kept, images=images, global_weight=recipe.global_weight, patch_spacing=spacing)
+    bank = Bank(
+        patches=kept,
+        images=images,
+        global_weight=recipe.global_weight,
+        patch_spacing=spacing,
+        peak=recipe.peak,
+    )
     if len(val_feats) == 0:
         log.warning("no validation images: bank scales left at 1.0")
         return bank
