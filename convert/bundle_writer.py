@@ -359,13 +359,13 @@ def build_bundle(
     from train.data import load_dataset
     from train.evaluate import evaluate_scores
     from train.knn_fit import run_keep
-    from train.model import load_run, read_run_config
+    from train.model import load_model, read_run_config
 
     opts.validate()
     out = Path(out_dir)
     _check_out(out)
     # the run folder is checked before Keras (and its log noise) loads
-    config, _ = read_run_config(model_dir)
+    config, model_path = read_run_config(model_dir)
     try:
         spec = InputSpec.from_json(config["input"])
         method = config["score"]["method"]
@@ -375,7 +375,7 @@ def build_bundle(
             f"{Path(model_dir) / 'config.json'}: missing `input` or `score` (not written by train fit?)"
         ) from None
     recipe = _knn_recipe(model_dir, config) if method in KNN_METHODS else None
-    model, config = load_run(model_dir)
+    model = load_model(model_path)
     target_fpr = float((config.get("calibration") or {}).get("target_fpr") or DEFAULT_TARGET_FPR)
     dataset = load_dataset(data)
     train = _load([s for s in dataset.split("train") if not s.anomalous], spec)

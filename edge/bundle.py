@@ -5,8 +5,8 @@ on. A copied-over model.tflite (hash mismatch), a bundle from a newer dishwatch 
 file would silently give meaningless verdicts, so each is refused with one line naming the bundle and the reason.
 
 bundle.json (format 2; format 1 is still read):
-  format        2 (2 added the kNN bank's `distance`: a format-1 reader would ignore it and score wrongly, so it
-                refuses the bundle instead)
+  format        2 (2 added the kNN bank's `distance` and `peak`: a format-1 reader would ignore them and compare
+                the wrong number with the threshold, so it refuses the bundle instead)
   name          bundle name (default: the output folder's name)
   created       ISO 8601 UTC
   input         InputSpec fields + dtype ("uint8" | "float32") + quantization ({scale, zero_point} | null)
@@ -37,7 +37,7 @@ from edge.scoring import resolve_params
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # written
-READABLE_FORMATS = (1, 2)  # read: format 1 is format 2 with every kNN bank Euclidean
+READABLE_FORMATS = (1, 2)  # read: format 1 is format 2 with every kNN bank Euclidean, peak "patch"
 MODEL_FILE = "model.tflite"
 JSON_FILE = "bundle.json"
 IO_DTYPES = ("uint8", "int8", "float32")

@@ -167,14 +167,18 @@ def count_macs(model_or_cfg) -> int:
 def load_run(run_dir: str | Path):
     """(best Keras model, config.json dict) of a training run; one-line UserError when missing or unreadable."""
     config, model_path = read_run_config(run_dir)
+    return load_model(model_path), config
+
+
+def load_model(model_path: Path):
+    """The Keras model of a run (read_run_config gives the path); one-line UserError when it does not load."""
     import keras
 
     try:
-        model = keras.saving.load_model(model_path, compile=False)
+        return keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a corrupt zip / wrong file
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{model_path}: cannot load the model ({msg})") from None
-    return model, config
 
 
 def read_run_config(run_dir: str | Path) -> tuple[dict, Path]:
