@@ -158,6 +158,22 @@ def test_preset_plans_match_the_dsm_sets():
         assert unknown.isdisjoint({it.dish for it in items if it.defect != "unknown_meal"})
 
 
+def test_more_photos_per_dish_keeps_the_preset_and_its_test_split(tmp_path):
+    """--train-per-dish only adds training photos, so a run with more of them is comparable on the same test set."""
+    base, more = synth.plan("tiny", 0), synth.plan("tiny", 0, train_per_dish=9)
+    train = [it for it in more if it.split == "train"]
+    assert len(train) == 9 * synth.PRESETS["tiny"].dishes
+    assert Counter(it.dish for it in train) == Counter({d: 9 for d in {it.dish for it in train}})
+    assert train[: synth.PRESETS["tiny"].train_good] == [it for it in base if it.split == "train"]
+    assert [it for it in more if it.split == "test"] == [it for it in base if it.split == "test"]
+    synth.generate("tiny", tmp_path / "a", seed=0, size=32)
+    synth.generate("tiny", tmp_path / "b", seed=0, size=32, train_per_dish=9)
+    for f in (tmp_path / "a").rglob("*.png"):
+        if f.name != "contact_sheet.png":
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+    assert len(list((tmp_path / "b" / "train").rglob("*.png"))) == len(train)
+
+
 def test_rerun_overwrites_a_previous_output_cleanly(tmp_path):
     out = tmp_path / "data"
     synth.generate("tiny", out, seed=0, size=32)
@@ -197,6 +213,7 @@ def test_cli_writes_and_summarises(tmp_path):
         (["--preset", "huge"], "--preset"),
         (["--preset", "tiny", "--seed", "-1"], "--seed"),
         (["--preset", "tiny", "--scene", "beach"], "--scene"),
+        (["--preset", "tiny", "--train-per-dish", "0"], "--train-per-dish"),
     ],
 )
 def test_cli_bad_arguments_are_one_line(tmp_path, args, needle):

@@ -27,6 +27,13 @@ def build_parser() -> OneLineParser:
         help="fixed: one pass (counter, light, camera) for every photo, as a real installation (default); "
         "varied: a new counter and light per photo",
     )
+    s.add_argument(
+        "--train-per-dish",
+        type=int,
+        default=None,
+        help="good training photos per dish instead of the preset's (dsm100 has about 4); the preset's photos and "
+        "the whole test split stay the same",
+    )
     s.set_defaults(handler="train.synth:cli_main")
 
     i = sub.add_parser("inspect", help="show the layout found and counts per split, dish and defect")

@@ -10,8 +10,10 @@ Layout written (DESIGN.md section 2):
     DIR/ground_truth/<defect>/<dish>/<n>_mask.png (uint8 0/255, white = defective),
     DIR/meta.json (preset, seed, size, generator version, and per test image: defect, kind, dish, severity),
     DIR/contact_sheet.png (good samples and defects with their mask outlined).
-The bytes written are a function of (preset, seed, size, scene) only: every image has its own generator seeded from
-(seed, split, defect, index).
+The bytes written are a function of (preset, seed, size, scene, train_per_dish) only: every image has its own
+generator seeded from (seed, split, defect, index), so a run with more good training photos per dish writes the
+preset's photos unchanged and adds new ones (the test split never changes): a clean experiment on how many photos
+of each dish a kitchen should take.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ GENERATOR = "dishwatch.synth"
 GENERATOR_VERSION = 2  # 2: one fixed pass (counter, key light, optics) per dataset by default
 SCENES = ("fixed", "varied")
 MIN_SIZE, MAX_SIZE = 32, 1024
+MAX_TRAIN_PER_DISH = 100
 OWNED = ("train", "test", "ground_truth", META_FILE, "contact_sheet.png")
 SPLIT_CODE = {"train": 1, "test": 2}
 DEFECT_CODE = {"good": 0, **{d: i + 1 for i, d in enumerate(DEFECTS)}}
@@ -89,11 +92,16 @@ class Item:
         return f"ground_truth/{self.defect}/{self.dish}/{self.number:03d}_mask.png"
 
 
-def plan(preset: str, seed: int) -> list[Item]:
-    """Every image a run would write, in order, without rendering anything (cheap: the menu is just numbers)."""
+def plan(preset: str, seed: int, train_per_dish: int | None = None) -> list[Item]:
+    """Every image a run would write, in order, without rendering anything (cheap: the menu is just numbers).
+
+    train_per_dish replaces the preset's number of good training photos by that many per dish; the preset's own
+    photos come first and are the same images, because photo k is always of dish k mod dishes.
+    """
     p = PRESETS[preset]
     menu = make_menu(seed, p.dishes)
-    items = [Item("train", "good", menu[k % p.dishes].name, k % p.dishes, k, "") for k in range(p.train_good)]
+    n_train = p.train_good if train_per_dish is None else train_per_dish * p.dishes
+    items = [Item("train", "good", menu[k % p.dishes].name, k % p.dishes, k, "") for k in range(n_train)]
     offset = p.dishes // 2
     items += [
         Item("test", "good", menu[(k + offset) % p.dishes].name, (k + offset) % p.dishes, k, "")
@@ -293,11 +301,19 @@ class Summary:
     seconds: float
 
 
-def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene: str = "fixed") -> Summary:
-    """Write the whole dataset for (preset, seed, size, scene) into `out`; see the module docstring.
+def generate(
+    preset: str,
+    out: str | Path,
+    seed: int = 0,
+    size: int = 256,
+    scene: str = "fixed",
+    train_per_dish: int | None = None,
+) -> Summary:
+    """Write the whole dataset for (preset, seed, size, scene, train_per_dish) into `out`; see the module docstring.
 
     scene "fixed": one pass (counter, light, optics) for every photo, as a real installation; "varied": each
     photo on its own counter under its own light (a harder, less realistic set, kept to test robustness).
+    train_per_dish: good training photos per dish instead of the preset's number (None keeps the preset's).
     """
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
@@ -307,14 +323,16 @@ def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene
         raise UserError(f"--seed must be 0 or more, got {seed}")
     if scene not in SCENES:
         raise UserError(f"--scene: unknown scene {scene!r} (choose from {', '.join(SCENES)})")
+    if train_per_dish is not None and not 1 <= train_per_dish <= MAX_TRAIN_PER_DISH:
+        raise UserError(f"--train-per-dish must be between 1 and {MAX_TRAIN_PER_DISH}, got {train_per_dish}")
     out = Path(out)
     prepare_out(out)
     t0 = time.perf_counter()
-    items = plan(preset, seed)
+    items = plan(preset, seed, train_per_dish)
     menu = make_menu(seed, PRESETS[preset].dishes)
     venue = Venue.make(seed, size) if scene == "fixed" else None
     meta = {"generator": GENERATOR, "version": GENERATOR_VERSION, "preset": preset, "seed": seed, "size": size,
-            "scene": scene, "complete": False}  # fmt: skip
+            "scene": scene, "train_per_dish": train_per_dish, "complete": False}  # fmt: skip
     (out / META_FILE).write_text(json.dumps(meta))  # marks the folder as ours even if the run is cut short
     picks = {it.path: None for it in _sheet_picks(items)}
     images: dict[str, dict] = {}
@@ -353,7 +371,14 @@ def generate(preset: str, out: str | Path, seed: int = 0, size: int = 256, scene
 
 def cli_main(args) -> int:
     """Handler of `python -m train synth`."""
-    s = generate(args.preset, args.out, seed=args.seed, size=args.size, scene=args.scene)
+    s = generate(
+        args.preset,
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        scene=args.scene,
+        train_per_dish=args.train_per_dish,
+    )
     total = sum(s.counts.values())
     defects = sum(v for k, v in s.counts.items() if not k.endswith("/good"))
     print(
