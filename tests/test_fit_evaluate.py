@@ -214,9 +214,38 @@ def test_ctrl_c_leaves_a_usable_checkpoint(data_dir, tmp_path):
     load_run(out)
 
 
+def test_mixed_bfloat16_trains_and_saves_a_float32_run(data_dir, tmp_path):
+    """bfloat16 compute must still learn, and the run must load as float32 so convert and evaluate need not care."""
+    out = tmp_path / "bf16"
+    proc = run_cli(
+        "train", "fit", "--data", str(data_dir), "--out", str(out), *FIT_ARGS, "--precision", "mixed_bfloat16"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [float(r["loss"]) for r in csv.DictReader((out / "history.csv").open())]
+    assert losses[-1] < 0.7 * losses[0], losses
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["args"]["precision"] == "mixed_bfloat16" and cfg["threshold"] > 0
+    check = (
+        "import sys, keras, numpy as np\n"
+        "for f in sys.argv[1:]:\n"
+        "    m = keras.saving.load_model(f, compile=False)\n"
+        "    assert {l.dtype_policy.name for l in m.layers} == {'float32'}, f\n"
+        "    assert m.predict(np.zeros((1, 32, 32, 3), 'float32'), verbose=0).dtype == np.float32\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check, str(out / "model.keras"), str(out / "last.keras")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
+        (["--precision", "float8"], "--precision"),
         (["--epochs", "0"], "--epochs 0"),
         (["--image-size", "36", "--filters", "8,8,16"], "--image-size 36"),
         (["--filters", "8,x"], "--filters"),

@@ -27,7 +27,7 @@ from edge.errors import UserError
 from edge.preprocess import InputSpec
 from train.augment import AugmentConfig, make_feeder
 from train.calibrate import DEFAULT_TARGET_FPR, calibrate_threshold
-from train.model import DEFAULT_CONFIG, CaeConfig, get_config
+from train.model import DEFAULT_CONFIG, PRECISIONS, CaeConfig, as_float32, get_config, precision
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class FitConfig:
     target_fpr: float = DEFAULT_TARGET_FPR
     augment: bool = True
     jit: bool = False
+    precision: str = "float32"  # or "mixed_bfloat16" (train.model.precision)
 
     def validate(self) -> FitConfig:
         if self.epochs < 1:
@@ -65,6 +66,8 @@ class FitConfig:
             raise UserError(f"--learning-rate {self.learning_rate}: must be positive")
         if not 0 < self.target_fpr < 1:
             raise UserError(f"--target-fpr {self.target_fpr}: must be in (0, 1)")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
         scoring.resolve_params(self.score)
         return self
 
@@ -251,6 +254,51 @@ def make_run_dir(out: str) -> Path:
     return path
 
 
+def _train(fc: FitConfig, cae: CaeConfig, train_x: np.ndarray, val_x: np.ndarray, out: Path):
+    """Fit under the current dtype policy, checkpointing as it goes: (model, history, interrupted, seconds)."""
+    import keras
+
+    from train.model import build_cae
+
+    model = build_cae(cae)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=fc.learning_rate),
+        loss=make_loss(fc.loss),
+        jit_compile=fc.jit,
+    )
+    best_path, last_path = out / BEST_FILE, out / LAST_FILE
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(last_path),
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+        keras.callbacks.TensorBoard(log_dir=str(out / "tb"), write_graph=False, profile_batch=0),
+    ]
+    feeder = make_feeder(train_x, fc.batch_size, fc.seed, AugmentConfig(enabled=fc.augment))
+    started = time.time()
+    interrupted = False
+    history: dict[str, list] = {}
+    log.info(
+        "fitting %s (%d params) for %d epochs, %s", model.name, model.count_params(), fc.epochs, fc.precision
+    )
+    try:
+        h = model.fit(
+            feeder,
+            validation_data=(val_x, val_x),
+            validation_batch_size=fc.batch_size,
+            epochs=fc.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        history = h.history
+    except KeyboardInterrupt:
+        interrupted = True
+        # A second Ctrl-C must not leave a half-written checkpoint: finish saving and calibrating first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        model.save(last_path)
+        history = getattr(model.history, "history", {}) or {}
+    return model, history, interrupted, time.time() - started
+
+
 def fit(fc: FitConfig) -> int:
     """Train, checkpoint, calibrate, write config.json. Returns the exit code (130 when interrupted)."""
     fc.validate()
@@ -272,54 +320,26 @@ def fit(fc: FitConfig) -> int:
     import keras
 
     keras.utils.set_random_seed(fc.seed)
-    from train.model import build_cae
-
-    model = build_cae(cae)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=fc.learning_rate),
-        loss=make_loss(fc.loss),
-        jit_compile=fc.jit,
-    )
     best_path, last_path = out / BEST_FILE, out / LAST_FILE
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(last_path),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-        keras.callbacks.TensorBoard(log_dir=str(out / "tb"), write_graph=False, profile_batch=0),
-    ]
-    feeder = make_feeder(train_x, fc.batch_size, fc.seed, AugmentConfig(enabled=fc.augment))
-    started = time.time()
-    interrupted = False
-    history: dict[str, list] = {}
-    log.info("fitting %s (%d params) for %d epochs", model.name, model.count_params(), fc.epochs)
-    try:
-        h = model.fit(
-            feeder,
-            validation_data=(val_x, val_x),
-            validation_batch_size=fc.batch_size,
-            epochs=fc.epochs,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-        history = h.history
-    except KeyboardInterrupt:
-        interrupted = True
-        # A second Ctrl-C must not leave a half-written checkpoint: finish saving and calibrating first.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        model.save(last_path)
-        history = getattr(model.history, "history", {}) or {}
-    elapsed = time.time() - started
-
-    try:
-        best_model = keras.saving.load_model(best_path, compile=False)
-    except Exception:  # missing, or cut mid-write by the interrupt: the current weights are the best we have
-        if not interrupted:
-            raise
-        log.warning(
-            "%s missing or incomplete after the interrupt; saving the current weights there", best_path
-        )
+    with precision(fc.precision):
+        model, history, interrupted, elapsed = _train(fc, cae, train_x, val_x, out)
+        try:
+            best_model = keras.saving.load_model(best_path, compile=False)
+        except Exception:
+            # missing, or cut mid-write by the interrupt: the current weights are the best we have
+            if not interrupted:
+                raise
+            log.warning(
+                "%s missing or incomplete after the interrupt; saving the current weights there", best_path
+            )
+            best_model = model
+    if fc.precision != "float32":
+        # the run's checkpoints hold float32 models, so convert, evaluate and the float reference need not know
+        as_float32(model, cae).save(last_path)
+        best_model = as_float32(best_model, cae)
+        best_model.save(best_path)
+    elif best_model is model:
         model.save(best_path)
-        best_model = model
     by_method = calibrate_all_methods(best_model, val_x, val_ax, fc.target_fpr)
     data_info = {
         "path": str(Path(fc.data).resolve()),
@@ -389,5 +409,6 @@ def cli_main(args) -> int:
         target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
         augment=not getattr(args, "no_augment", False),
         jit=getattr(args, "jit", False),
+        precision=getattr(args, "precision", "float32"),
     )
     return fit(fc)

@@ -8,6 +8,7 @@ can be compared with the seed on the same data (`CONFIGS`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -115,6 +116,38 @@ def _inception_block(x, f: int, cfg: CaeConfig, name: str):
     bp = layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_pool")(x)
     bp = conv_bn(bp, 1, "pool1x1")
     return layers.Concatenate(name=f"{name}_concat")([b1, b3, b5, bp])
+
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def precision(name: str):
+    """Build and train under Keras's `name` dtype policy, then restore float32.
+
+    Why mixed bfloat16: on CPUs with AVX512-BF16 or AMX, oneDNN runs bfloat16 convolutions faster than float32
+    (README: training images/s measured side by side); the weights stay float32 (Keras keeps float32 variables
+    under a mixed policy), so a run saved with `as_float32` converts and scores like any other. The name is
+    checked where the run's configuration is (train.fit.FitConfig).
+    """
+    import keras
+
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def as_float32(model, cfg: CaeConfig):
+    """The same weights in a float32 copy of the CAE, so the saved run converts to TFLite and calibrates in the
+    precision the device's float reference uses whatever precision trained it."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    with precision("float32"):
+        twin = build_cae(cfg)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def build_cae(cfg: CaeConfig):
