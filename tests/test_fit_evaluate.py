@@ -242,6 +242,29 @@ def test_mixed_bfloat16_trains_and_saves_a_float32_run(data_dir, tmp_path):
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+def test_best_epoch_and_divergence_ignore_nan_losses():
+    from train.fit import best_epoch, diverged
+
+    nan = float("nan")
+    history = {"loss": [0.05, 0.03, nan], "val_loss": [0.04, 0.02, nan]}
+    assert best_epoch(history) == 2 and diverged(history)
+    assert best_epoch({"loss": [nan], "val_loss": [nan]}) is None
+    assert not diverged({"loss": [0.05, 0.03], "val_loss": [0.04, float("inf")][:1]})
+    assert diverged({"loss": [0.05], "val_loss": [float("inf")]})
+
+
+def test_fit_that_diverges_at_once_is_a_one_line_error(data_dir, tmp_path):
+    """A learning rate that blows the weights up: no epoch is usable, so there is nothing to calibrate."""
+    proc = run_cli(
+        "train", "fit", "--data", str(data_dir), "--out", str(tmp_path / "r"), *FIT_ARGS[:-2],
+        "--learning-rate", "1e30", "--epochs", "3",
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "training diverged" in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "r" / "history.csv").open()))
+    assert len(rows) == 1, rows  # stopped at the first NaN instead of running every epoch
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

@@ -193,7 +193,7 @@ def run_config(
 ) -> dict:
     """config.json: everything needed to reproduce the run and to deploy its threshold consistently."""
     chosen = by_method[fc.score]
-    val_losses = history.get("val_loss", [])
+    best = best_epoch(history)
     args = asdict(fc)
     args["filters"] = list(fc.filters) if fc.filters else None
     return {
@@ -212,11 +212,12 @@ def run_config(
         "training": {
             "epochs_requested": fc.epochs,
             "epochs_run": len(history.get("loss", [])),
-            "best_epoch": int(np.argmin(val_losses)) + 1 if val_losses else None,
-            "best_val_loss": float(np.min(val_losses)) if val_losses else None,
-            "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
+            "best_epoch": best,
+            "best_val_loss": float(history["val_loss"][best - 1]) if best is not None else None,
+            "final_loss": _json_number(history["loss"][-1]) if history.get("loss") else None,
             "seconds": round(seconds, 1),
             "interrupted": interrupted,
+            "diverged": diverged(history),
         },
         "score": {"method": fc.score, "params": chosen["params"]},
         "threshold": chosen["threshold"],
@@ -224,6 +225,24 @@ def run_config(
         "scores_by_method": by_method,
         "checkpoints": {"best": BEST_FILE, "last": LAST_FILE},
     }
+
+
+def _json_number(x) -> float | None:
+    """None for NaN/inf: config.json stays strict JSON that any reader parses."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def best_epoch(history: dict) -> int | None:
+    """1-based epoch of the lowest finite validation loss (the one ModelCheckpoint kept), None if none is finite."""
+    val = np.asarray(history.get("val_loss", []), dtype=float)
+    finite = np.flatnonzero(np.isfinite(val))
+    return int(finite[np.argmin(val[finite])]) + 1 if finite.size else None
+
+
+def diverged(history: dict) -> bool:
+    """True when a training or validation loss went NaN/inf: the weights after that point are garbage."""
+    return any(not np.isfinite(v) for k in ("loss", "val_loss") for v in history.get(k, []))
 
 
 def training_splits(data: str):
@@ -271,6 +290,7 @@ def _train(fc: FitConfig, cae: CaeConfig, train_x: np.ndarray, val_x: np.ndarray
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
         keras.callbacks.ModelCheckpoint(last_path),
         keras.callbacks.CSVLogger(str(out / "history.csv")),
+        keras.callbacks.TerminateOnNaN(),  # every later epoch would be NaN too; the best checkpoint is kept
         keras.callbacks.TensorBoard(log_dir=str(out / "tb"), write_graph=False, profile_batch=0),
     ]
     feeder = make_feeder(train_x, fc.batch_size, fc.seed, AugmentConfig(enabled=fc.augment))
@@ -323,6 +343,11 @@ def fit(fc: FitConfig) -> int:
     best_path, last_path = out / BEST_FILE, out / LAST_FILE
     with precision(fc.precision):
         model, history, interrupted, elapsed = _train(fc, cae, train_x, val_x, out)
+        if diverged(history) and best_epoch(history) is None:  # (Keras saves epoch 1 whatever its loss)
+            raise UserError(
+                f"--out {out}: training diverged (loss NaN) before any usable checkpoint; "
+                "try a lower --learning-rate or --precision float32"
+            )
         try:
             best_model = keras.saving.load_model(best_path, compile=False)
         except Exception:
@@ -357,6 +382,12 @@ def fit(fc: FitConfig) -> int:
             f" usable checkpoint in {best_path}\n"
         )
         return 130
+    if config["training"]["diverged"]:
+        sys.stderr.write(
+            f"python -m train fit: training diverged (loss NaN) after {config['training']['epochs_run']} "
+            f"epoch(s) and was stopped; {best_path} is the best epoch before that "
+            f"({config['training']['best_epoch']}), {last_path} holds the diverged weights\n"
+        )
     log.info("done: %s, threshold %.6g (%s)", best_path, config["threshold"], fc.score)
     return 0
 
