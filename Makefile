@@ -66,8 +66,8 @@ data: setup-edge  ## synthetic dsm50 and dsm100 presets under data/
 	$(PY) -m train synth --preset dsm100 --out data/dsm100
 
 .PHONY: train evaluate bench-train
-train: setup  ## fit the Inception CAE on $(DATA) into runs/$(PRESET) (long: 200 epochs)
-	$(PY) -m train fit --data $(DATA) --out runs/$(PRESET)
+train: setup  ## fit the Inception CAE on $(DATA) into runs/$(PRESET) (long: 200 epochs; PRECISION=mixed_bfloat16)
+	$(PY) -m train fit --data $(DATA) --out runs/$(PRESET) --precision $(or $(PRECISION),float32)
 
 evaluate: setup  ## evaluate runs/$(PRESET) on $(DATA): metrics JSON + HTML report
 	$(PY) -m train evaluate --model runs/$(PRESET) --data $(DATA) --methods mse,ssim,local \
