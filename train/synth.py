@@ -95,8 +95,9 @@ class Item:
 def plan(preset: str, seed: int, train_per_dish: int | None = None) -> list[Item]:
     """Every image a run would write, in order, without rendering anything (cheap: the menu is just numbers).
 
-    train_per_dish replaces the preset's number of good training photos by that many per dish; the preset's own
-    photos come first and are the same images, because photo k is always of dish k mod dishes.
+    train_per_dish replaces the preset's number of good training photos by that many per dish. Photo k is always
+    of dish k mod dishes and seeded by k, so runs with different numbers share their first photos (a larger number
+    keeps all of the preset's, a smaller one a prefix of them).
     """
     p = PRESETS[preset]
     menu = make_menu(seed, p.dishes)
