@@ -103,7 +103,7 @@ def build_parser() -> OneLineParser:
         "--precision",
         default="float32",
         help="float32 (default) or mixed_bfloat16: bfloat16 compute, float32 weights; faster on CPUs with "
-        "AVX512-BF16/AMX (README), slower where bfloat16 is emulated; the run is saved as float32 either way",
+        "AVX512-BF16/AMX (README), expected slower where bfloat16 is emulated; the run is saved as float32",
     )
     f.set_defaults(handler="train.fit:cli_main")
 
