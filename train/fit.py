@@ -360,8 +360,9 @@ def fit(fc: FitConfig) -> int:
             best_model = model
     if fc.precision != "float32":
         # the run's checkpoints hold float32 models, so convert, evaluate and the float reference need not know
-        as_float32(model, cae).save(last_path)
-        best_model = as_float32(best_model, cae)
+        last = as_float32(model, cae)
+        last.save(last_path)
+        best_model = last if best_model is model else as_float32(best_model, cae)
         best_model.save(best_path)
     elif best_model is model:
         model.save(best_path)
