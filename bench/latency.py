@@ -396,13 +396,21 @@ def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs:
                 )
             )
             h, w, dim = sec["output_shape"]
-            if dim != bank["dim"]:
-                raise SystemExit(f"feature dim {dim} differs from the bundle's bank ({bank['dim']})")
+            coarse = bank.get("coarse") or {}
+            if dim != bank["dim"] + coarse.get("dim", 0):
+                raise SystemExit(
+                    f"feature dim {dim} differs from the bundle's bank ({bank['dim']} + coarse"
+                    f" {coarse.get('dim', 0)}): build_model makes the default effnet-knn network"
+                )
+            cells = (h // coarse["step"]) * (w // coarse["step"]) if coarse else 0
             sec["knn"] = {
                 "patches": bank["patches"],
-                "dim": dim,
+                "dim": bank["dim"],
                 "grid": [h, w],
-                "macs": h * w * bank["patches"] * dim,
+                "coarse_patches": coarse.get("patches", 0),
+                "coarse_dim": coarse.get("dim", 0),
+                "macs": h * w * bank["patches"] * bank["dim"]
+                + cells * coarse.get("patches", 0) * coarse.get("dim", 0),
             }
             sec["scorer_process"] = {str(t): scorer_probe(bundle_dir, t, runs, warmup) for t in THREADS}
             result["effnet"] = sec
@@ -437,6 +445,7 @@ def _model_table(m: str, s: dict, runs: int, warmup: int) -> list[str]:
         k = s["knn"]
         lines.append(
             f"kNN search: {k['grid'][0]}x{k['grid'][1]} patches x {k['patches']} bank rows x {k['dim']} dims "
+            f"+ coarse cells x {k.get('coarse_patches', 0)} rows x {k.get('coarse_dim', 0)} dims "
             f"= {k['macs'] / 1e9:.3f} GMAC per crop (numpy float32)"
         )
     for t, p in s["scorer_process"].items():

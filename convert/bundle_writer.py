@@ -304,7 +304,7 @@ def _knn_recipe(model_dir, config: dict):
     """The run's bank recipe from config.json: `args` (coreset fraction, global weight, seed, distance, copies)
     and `score.params` (the map blur, the bank's peak rule), so a run made by an older dishwatch converts alike."""
     from train.features import BankRecipe
-    from train.knn_fit import MAX_BANK_AUGMENT
+    from train.knn_fit import MAX_BANK_AUGMENT, coarse_recipe
 
     where = Path(model_dir) / "config.json"
     args = config.get("args") or {}
@@ -318,6 +318,8 @@ def _knn_recipe(model_dir, config: dict):
         )
     peak = (params.get("bank") or {}).get("peak", "patch")  # runs made before `peak` took the raw patch max
     try:
+        # runs made before the coarse stage have no `coarse_weight` and no `features.coarse`
+        coarse = coarse_recipe(config.get("features") or {}, float(args.get("coarse_weight") or 0.0))
         return BankRecipe(
             coreset_fraction=float(args.get("coreset_fraction", 0.01)),
             global_weight=float(args.get("global_weight", 1.0)),
@@ -326,8 +328,9 @@ def _knn_recipe(model_dir, config: dict):
             sigma=float(params.get("sigma", 4.0)),  # the map blur the run's scores used
             augment=augment,
             peak=str(peak),
+            **coarse,
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         raise UserError(f"{where}: the bank recipe in `args` / `score.params` is not valid ({exc})") from None
 
 
@@ -358,6 +361,7 @@ def build_bundle(
     from train.calibrate import DEFAULT_TARGET_FPR
     from train.data import load_dataset
     from train.evaluate import evaluate_scores
+    from train.features import patch_rows
     from train.knn_fit import run_keep
     from train.model import load_model, read_run_config
 
@@ -403,7 +407,8 @@ def build_bundle(
     knn = None
     if method in KNN_METHODS:
         grid = float_ref[2].shape[1:3]  # the float features' (h, w) grid, the same as the converted model's
-        keep = run_keep(model_dir, config, len(train.x) * (1 + recipe.augment) * int(np.prod(grid)))
+        views = len(train.x) * (1 + recipe.augment)
+        keep = run_keep(model_dir, config, patch_rows((views, *grid), recipe))
         knn = KnnSource(train, val_good, recipe, keep=keep)
         opts = replace(opts, float_output=opts.quant == "int8")  # features leave the model dequantized
 

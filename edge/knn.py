@@ -19,6 +19,15 @@ dense one, so one threshold over-flags rare good textures and under-flags small 
 the rim). PatchCore reweights its scores for the same reason. Measured on dsm100 (README): +0.009 image AUROC
 on average over five coreset selections (-0.019 to +0.032), inside their noise, so it is an option, not the
 default.
+
+A **coarse stage** (`Bank.coarse`, an extension of bundle format 2): a second, small bank of a deep feature stage
+(EfficientNet-Lite0's stride-32 block, a 7x7 grid at 224 px) whose map is averaged with the fine one. Why: a
+stride-8 patch sees a few millimetres of food or rim, so a dish served on another menu dish's plate, or a
+combination of components that are each on the menu, is made of patches the fine bank knows; a stride-32 cell
+sees a quarter of the plate with what lies on it. Measured on dsm100 (README): pixel AUROC 0.81 -> 0.89 and
+wrong-plate image AUROC 0.85 -> 0.98, image AUROC unchanged (0.812 -> 0.819, within the coreset noise), 1.2 ms
+more search. The model appends the coarse stage's channels to its grid, nearest-upsampled (each coarse cell a
+step x step block), so one output tensor carries both and the device reads every step-th cell.
 """
 
 from __future__ import annotations
@@ -100,6 +109,40 @@ def global_embedding(features: np.ndarray) -> np.ndarray:
     return features.reshape(-1, features.shape[-1]).mean(axis=0)
 
 
+def _blurred_map(cells: np.ndarray, out_hw: tuple[int, int], sigma: float) -> np.ndarray:
+    """A (h, w) grid of patch scores brought to the crop's size and blurred: the heat map the kitchen sees."""
+    amap = cv2.resize(cells, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(amap, (0, 0), sigma) if sigma > 0 else amap
+
+
+@dataclass(frozen=True)
+class CoarseBank:
+    """The coarse (context) stage of a bank: its own patches and scale, and where it sits in the feature grid."""
+
+    patches: np.ndarray  # (M, Dc) good coarse-cell features, coreset-reduced
+    channels: int  # the grid's channels [channels:] are the coarse stage, [:channels] the fine one
+    step: int  # one coarse cell is a step x step block of grid cells (the model upsamples it by nearest)
+    scale: float = 1.0  # like Bank.patch_scale: the median peak of the coarse map on good validation crops
+    weight: float = 0.5  # the anomaly map is (1 - weight) x fine map + weight x coarse map
+
+    def cells(self, features: np.ndarray) -> np.ndarray:
+        """The (g, g, Dc) coarse cells of an (h, w, D) feature grid."""
+        return features[:: self.step, :: self.step, self.channels :]
+
+    def distance_map(self, features: np.ndarray, out_hw: tuple[int, int], sigma: float) -> np.ndarray:
+        """The coarse map in units of `scale`, blurred by one coarse cell (`sigma` is one fine cell).
+
+        Blurred at 1/step of the crop's size, then brought up: a blur of one coarse cell (32 px at 224) at full
+        size took 2 ms, a tenth of a crop's whole score, for a map that has no detail finer than a cell.
+        """
+        c = self.cells(features)
+        d = nn_distances(c.reshape(-1, c.shape[-1]), self.patches).reshape(c.shape[:2]) / self.scale
+        small = (max(1, out_hw[0] // self.step), max(1, out_hw[1] // self.step))
+        return cv2.resize(
+            _blurred_map(d, small, sigma), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR
+        )
+
+
 @dataclass(frozen=True)
 class Bank:
     """The memory bank the device searches, and how its two distances are combined into one score."""
@@ -113,17 +156,32 @@ class Bank:
     patch_spacing: np.ndarray | None = None
     # the patch term: the anomaly map's peak ("map") or the largest raw patch score ("patch", format 1)
     peak: str = "map"
+    coarse: CoarseBank | None = None  # the context stage (module docstring); None: the grid is all fine
 
     @property
     def distance(self) -> str:
         return "euclidean" if self.patch_spacing is None else "relative"
 
-    def without(self, rows: np.ndarray, images: np.ndarray | None = None) -> Bank:
-        """The bank minus patch rows and image embeddings (boolean masks of what to drop): held-out scoring."""
+    @property
+    def dim(self) -> int:
+        """Channels of the feature grid this bank scores (the fine stage's, plus the coarse stage's)."""
+        fine = int(self.patches.shape[1])
+        return fine if self.coarse is None else fine + int(self.coarse.patches.shape[1])
+
+    def without(
+        self, rows: np.ndarray, images: np.ndarray | None = None, coarse_rows: np.ndarray | None = None
+    ) -> Bank:
+        """The bank minus patch rows, image embeddings and coarse rows (boolean masks of what to drop):
+        held-out scoring."""
         keep = ~np.asarray(rows, dtype=bool)
         embeddings = self.images if images is None else self.images[~np.asarray(images, dtype=bool)]
         spacing = None if self.patch_spacing is None else self.patch_spacing[keep]
-        return replace(self, patches=self.patches[keep], images=embeddings, patch_spacing=spacing)
+        coarse = self.coarse
+        if coarse is not None and coarse_rows is not None:
+            coarse = replace(coarse, patches=coarse.patches[~np.asarray(coarse_rows, dtype=bool)])
+        return replace(
+            self, patches=self.patches[keep], images=embeddings, patch_spacing=spacing, coarse=coarse
+        )
 
     def score(
         self, features: np.ndarray, out_hw: tuple[int, int], sigma: float = 8.0
@@ -133,15 +191,17 @@ class Bank:
         The score is max(patch term, global term), each in units of its good-validation scale, so 1.0 means
         "as far from good as a typical good crop"; the threshold is then calibrated on that score.
         """
-        h, w, d = features.shape
-        patch = nn_distances(features.reshape(-1, d), self.patches, row_scale=self.patch_spacing)
+        fine = features if self.coarse is None else features[..., : self.coarse.channels]
+        h, w, d = fine.shape
+        patch = nn_distances(fine.reshape(-1, d), self.patches, row_scale=self.patch_spacing)
         patch = patch.reshape(h, w) / self.patch_scale
-        amap = cv2.resize(patch, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
-        if sigma > 0:
-            amap = cv2.GaussianBlur(amap, (0, 0), sigma)
+        amap = _blurred_map(patch, out_hw, sigma)
+        if self.coarse is not None:
+            wc = self.coarse.weight
+            amap = (1.0 - wc) * amap + wc * self.coarse.distance_map(features, out_hw, sigma)
         score = float(amap.max() if self.peak == "map" else patch.max())
         if self.global_weight > 0 and len(self.images):
-            g = nn_distances(global_embedding(features)[None], self.images)[0] / self.image_scale
+            g = nn_distances(global_embedding(fine)[None], self.images)[0] / self.image_scale
             score = max(score, float(self.global_weight * g))
         return score, amap.astype(np.float32)
 
@@ -152,11 +212,13 @@ def save_bank(bundle_dir: str | Path, bank: Bank, dtype: str = "float16") -> dic
     arrays = {"patches": bank.patches.astype(dtype), "images": bank.images.astype(dtype)}
     if bank.patch_spacing is not None:  # float32: 4 bytes a row, and a ratio is sensitive to rounding
         arrays["patch_spacing"] = bank.patch_spacing.astype(np.float32)
+    if bank.coarse is not None:
+        arrays["coarse"] = bank.coarse.patches.astype(dtype)
     np.savez(buf, **arrays)
     data = buf.getvalue()
     path = Path(bundle_dir) / BANK_FILE
     path.write_bytes(data)
-    return {
+    entry = {
         "file": BANK_FILE,
         "sha256": hashlib.sha256(data).hexdigest(),
         "dtype": dtype,
@@ -170,6 +232,17 @@ def save_bank(bundle_dir: str | Path, bank: Bank, dtype: str = "float16") -> dic
         "distance": bank.distance,
         "peak": bank.peak,
     }
+    if bank.coarse is not None:
+        c = bank.coarse
+        entry["coarse"] = {
+            "patches": int(c.patches.shape[0]),
+            "dim": int(c.patches.shape[1]),
+            "channels": int(c.channels),
+            "step": int(c.step),
+            "scale": float(c.scale),
+            "weight": float(c.weight),
+        }
+    return entry
 
 
 def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
@@ -192,11 +265,13 @@ def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
     peak = meta.get("peak", "patch")
     if peak not in PEAKS:
         raise UserError(f"{path}: bundle.json bank `peak` {peak!r} is not one of {', '.join(PEAKS)}")
+    coarse_meta = meta.get("coarse")
     try:
         with np.load(io.BytesIO(data)) as z:
             patches = z["patches"].astype(np.float32)
             images = z["images"].astype(np.float32)
             spacing = z["patch_spacing"].astype(np.float32) if distance == "relative" else None
+            coarse_rows = z["coarse"].astype(np.float32) if coarse_meta is not None else None
     except (ValueError, KeyError, OSError) as exc:
         raise UserError(f"{path}: not a memory bank ({exc})") from None
     if patches.ndim != 2 or patches.shape[1] != meta.get("dim", patches.shape[1]):
@@ -207,6 +282,7 @@ def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
         spacing.shape != (len(patches),) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0)
     ):
         raise UserError(f"{path}: patch_spacing must hold one positive number per bank row ({len(patches)})")
+    coarse = None if coarse_rows is None else _coarse_stage(path, coarse_meta, coarse_rows, patches, peak)
     return Bank(
         patches=patches,
         images=images,
@@ -215,4 +291,26 @@ def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
         global_weight=float(meta.get("global_weight", 1.0)),
         patch_spacing=spacing,
         peak=peak,
+        coarse=coarse,
     )
+
+
+def _coarse_stage(path: Path, meta, rows: np.ndarray, fine: np.ndarray, peak: str) -> CoarseBank:
+    """The bank's coarse stage from bundle.json's `bank.coarse` and bank.npz's `coarse`, checked."""
+    where = f"{path}: bundle.json bank `coarse`"
+    if not isinstance(meta, dict):
+        raise UserError(f"{where} must be an object")
+    try:
+        channels, step = int(meta["channels"]), int(meta["step"])
+        scale, weight = float(meta.get("scale", 1.0)), float(meta.get("weight", 0.5))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{where}: needs whole numbers `channels` and `step` ({exc})") from None
+    if rows.ndim != 2 or rows.shape[1] != meta.get("dim", rows.shape[1]) or not len(rows):
+        raise UserError(f"{where}: coarse rows {rows.shape} do not match its dim {meta.get('dim')}")
+    if channels != fine.shape[1]:
+        raise UserError(f"{where}: `channels` {channels} differs from the fine bank's dim {fine.shape[1]}")
+    if step < 1 or not (scale > 0 and np.isfinite(scale)) or not 0 <= weight <= 1:
+        raise UserError(f"{where}: needs step >= 1, a positive scale and a weight in [0, 1]")
+    if peak != "map":
+        raise UserError(f'{where}: needs the map-peak score (`peak` "map"), not {peak!r}')
+    return CoarseBank(patches=rows, channels=channels, step=step, scale=scale, weight=weight)

@@ -192,19 +192,18 @@ class Scorer:
         )
 
     def _output_shape(self, input_shape: list[int]) -> list[int]:
-        """A reconstruction has the input's shape; a feature grid is (1, h, w, D) with D the bank's dimension."""
+        """A reconstruction has the input's shape; a feature grid is (1, h, w, D) with D the bank's (Bank.dim)."""
         if self.bank is None:
             return input_shape
         got = [int(v) for v in self._out["shape"]]
         grid = got[1:3] if len(got) == 4 else [-1, -1]
-        return [1, *grid, int(self.bank.patches.shape[1])]
+        return [1, *grid, self.bank.dim]
 
     @staticmethod
     def _check_tensor(where: str, role: str, det: dict, tensor: TensorInfo, want: list[int]) -> None:
-        if list(det["shape"]) != want:
-            raise UserError(
-                f"{where}: model {role} shape {list(det['shape'])} differs from bundle.json {want}"
-            )
+        got = [int(v) for v in det["shape"]]  # plain ints: numpy 2 prints np.int32(1) in a list
+        if got != want:
+            raise UserError(f"{where}: model {role} shape {got} differs from bundle.json {want}")
         if np.dtype(det["dtype"]).name != tensor.dtype:
             raise UserError(
                 f"{where}: model {role} dtype {np.dtype(det['dtype']).name} differs from bundle.json {tensor.dtype}"

@@ -264,3 +264,137 @@ def test_run_keep_reuses_a_fitting_selection_and_refuses_garbage(tmp_path):
     (tmp_path / CORESET_FILE).write_bytes(b"garbage")
     with pytest.raises(UserError, match=CORESET_FILE):
         run_keep(tmp_path, config, rows=8)
+
+
+def _coarse_bank(rng, weight: float = 0.5) -> Bank:
+    from edge.knn import CoarseBank
+
+    fine = rng.normal(size=(60, 6)).astype(np.float32)
+    coarse = CoarseBank(
+        patches=rng.normal(size=(20, 5)).astype(np.float32), channels=6, step=4, scale=1.5, weight=weight
+    )
+    return Bank(patches=fine, images=fine[:0], patch_scale=2.0, global_weight=0.0, coarse=coarse)
+
+
+def _grid_with_coarse(rng, h: int = 8, step: int = 4) -> np.ndarray:
+    """An (h, h, 6 + 5) grid whose last 5 channels are nearest-upsampled coarse cells, as the model makes it."""
+    cells = rng.normal(size=(h // step, h // step, 5)).astype(np.float32)
+    coarse = np.repeat(np.repeat(cells, step, axis=0), step, axis=1)
+    return np.concatenate([rng.normal(size=(h, h, 6)).astype(np.float32), coarse], axis=-1)
+
+
+def test_coarse_stage_map_is_the_weighted_mean_of_two_brute_force_maps():
+    import cv2
+
+    rng = np.random.default_rng(21)
+    bank = _coarse_bank(rng, weight=0.3)
+    grid = _grid_with_coarse(rng)
+    score, amap = bank.score(grid, (32, 32), sigma=2.0)
+
+    def brute(q, rows, scale, side, sigma, at=32):
+        d = np.sqrt(((q.reshape(-1, q.shape[-1])[:, None] - rows[None]) ** 2).sum(-1)).min(1) / scale
+        up = cv2.resize(d.reshape(side, side).astype(np.float32), (at, at), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(cv2.GaussianBlur(up, (0, 0), sigma), (32, 32), interpolation=cv2.INTER_LINEAR)
+
+    fine = brute(grid[..., :6], bank.patches, 2.0, 8, 2.0)
+    # blurred by one coarse cell (4 fine cells), at a quarter of the size
+    coarse = brute(grid[::4, ::4, 6:], bank.coarse.patches, 1.5, 2, 2.0, at=8)
+    np.testing.assert_allclose(amap, 0.7 * fine + 0.3 * coarse, rtol=1e-3, atol=1e-3)
+    assert score == pytest.approx(float(amap.max()), rel=1e-6)
+    assert bank.dim == 11
+    # A coarse cell unlike every good one raises the map over its whole block, though each fine patch is good.
+    far = grid.copy()
+    far[:4, :4, 6:] += 50.0
+    assert bank.score(far, (32, 32), sigma=2.0)[1][:16, :16].mean() > amap[:16, :16].mean() + 5
+
+
+def test_coarse_bank_round_trip_and_refusals(tmp_path):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(22)
+    bank = _coarse_bank(rng)
+    meta = save_bank(tmp_path, bank)
+    assert meta["dim"] == 6 and meta["coarse"] == {
+        "patches": 20, "dim": 5, "channels": 6, "step": 4, "scale": 1.5, "weight": 0.5
+    }  # fmt: skip
+    back = load_bank(tmp_path, meta)
+    np.testing.assert_allclose(back.coarse.patches, bank.coarse.patches, atol=1e-2)  # float16 on disk
+    grid = _grid_with_coarse(rng)
+    assert back.score(grid, (16, 16))[0] == pytest.approx(bank.score(grid, (16, 16))[0], rel=1e-2)
+    for bad, match in (
+        ({"channels": 7}, "differs from the fine bank's dim 6"),
+        ({"step": 0}, "step >= 1"),
+        ({"weight": 1.5}, "weight in"),
+        ({"dim": 4}, "do not match its dim 4"),
+    ):
+        with pytest.raises(UserError, match=match):
+            load_bank(tmp_path, {**meta, "coarse": {**meta["coarse"], **bad}})
+    with pytest.raises(UserError, match="map-peak"):
+        load_bank(tmp_path, {**meta, "peak": "patch"})
+    plain = save_bank(tmp_path, replace(bank, coarse=None))  # a bank.npz without coarse rows
+    with pytest.raises(UserError, match="not a memory bank"):
+        load_bank(tmp_path, {**plain, "coarse": meta["coarse"]})
+
+
+def test_coreset_and_held_out_scores_cover_the_coarse_stage():
+    """One selection indexes fine patches, then coarse cells; a held-out image loses its own rows of both."""
+    from dataclasses import replace
+
+    from train.features import BankRecipe, build_bank, coreset_keep, held_out_train_scores, patch_rows
+
+    rng = np.random.default_rng(23)
+    feats = np.stack([_grid_with_coarse(rng) for _ in range(6)])  # 6 images, 8x8 fine, 2x2 coarse
+    val = np.stack([_grid_with_coarse(rng) for _ in range(2)])
+    recipe = BankRecipe(coreset_fraction=0.5, min_patches=1, coarse_channels=6, coarse_step=4, coarse_weight=0.5,
+                        coarse_fraction=0.5, sigma=0.0)  # fmt: skip
+    assert patch_rows(feats.shape, recipe) == 6 * 64 + 6 * 4
+    keep = coreset_keep(feats, recipe)
+    fine_keep, coarse_keep = keep[keep < 6 * 64], keep[keep >= 6 * 64]
+    assert len(fine_keep) == 192 and len(coarse_keep) == 12 and coarse_keep.max() < 6 * 64 + 24
+    bank = build_bank(feats, val, (8, 8), recipe, keep)
+    assert bank.coarse is not None and len(bank.coarse.patches) == 12 and bank.coarse.scale > 0
+    # every coarse cell in the bank: a training image scores 0 on the coarse map in the bank, > 0 held out
+    everything = replace(recipe, coreset_fraction=1.0, coarse_fraction=1.0)
+    full = build_bank(feats, val, (8, 8), everything, coreset_keep(feats, everything))
+    fine_only = replace(full, coarse=replace(full.coarse, weight=0.0))
+    held = held_out_train_scores(full, feats, coreset_keep(feats, everything), (8, 8), sigma=0.0)
+    held_fine = held_out_train_scores(fine_only, feats, coreset_keep(feats, everything), (8, 8), sigma=0.0)
+    assert np.all(held > 0.5 * held_fine)  # the coarse half of the map is not zero: own cells were dropped
+    in_bank = np.array([full.score(f, (8, 8), sigma=0.0)[0] for f in feats])
+    assert np.allclose(in_bank, 0.0, atol=1e-2)
+
+
+def test_fit_config_refuses_a_coarse_stage_it_cannot_build():
+    from train.knn_fit import DEFAULT_COARSE_WEIGHT, KnnFitConfig
+
+    assert KnnFitConfig(data="d", out="o").validate().coarse == DEFAULT_COARSE_WEIGHT
+    assert KnnFitConfig(data="d", out="o", method="cae-knn", cae_run="r").validate().coarse == 0.0
+    for kw, match in (
+        ({"coarse_weight": 1.5}, r"--coarse-weight 1.5: must be in \[0, 1\]"),
+        ({"method": "cae-knn", "cae_run": "r", "coarse_weight": 0.5}, "only effnet-knn"),
+        ({"image_size": 240}, "multiple of 32"),
+    ):
+        with pytest.raises(UserError, match=match):
+            KnnFitConfig(data="d", out="o", **kw).validate()
+    assert KnnFitConfig(data="d", out="o", image_size=240, coarse_weight=0).validate().coarse == 0.0
+
+
+def test_feature_model_appends_the_coarse_stage_as_exact_blocks():
+    """The device reads every step-th cell of the coarse channels back: each block must repeat one cell."""
+    import keras
+    from keras import layers
+
+    from train.features import coarse_layout, patch_feature_model
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64, 64, 3))
+    fine = layers.Conv2D(4, 3, strides=8, padding="same", name="fine")(inp)  # 8x8
+    deep = layers.Conv2D(3, 3, strides=4, padding="same", name="deep")(fine)  # 2x2
+    backbone = keras.Model(inp, deep)
+    model = patch_feature_model(backbone, ("fine",), pool=1, coarse="deep")
+    assert coarse_layout(model) == {"channels": 4, "step": 4, "dim": 3}
+    assert coarse_layout(patch_feature_model(backbone, ("fine",))) is None
+    out = np.asarray(model(np.random.default_rng(0).random((1, 64, 64, 3)).astype(np.float32)))[0]
+    assert out.shape == (8, 8, 7) and tuple(deep.shape[1:]) == (2, 2, 3)
+    coarse = out[..., 4:]
+    np.testing.assert_array_equal(coarse, np.repeat(np.repeat(coarse[::4, ::4], 4, 0), 4, 1))

@@ -98,18 +98,29 @@ def test_bundle_bank_keeps_the_run_s_coreset_rows(knn_bundle, knn_run):
     config = json.loads((knn_run / "config.json").read_text())
     keep = np.load(knn_run / config["coreset"]["file"])
     assert len(keep) == config["coreset"]["kept"] and keep.max() < config["coreset"]["of"]
-    # the fixture's bank offers the coreset 2 augmented copies of each photo (convert must make the same ones)
+    # the fixture's bank offers the coreset 2 augmented copies of each photo (convert must make the same ones);
+    # the selection indexes the fine patches first, then the coarse stage's cells (default on for effnet-knn)
     n_train, (h, w) = config["data"]["n_train"], config["features"]["grid"]
-    assert config["args"]["bank_augment"] == 2 and config["coreset"]["of"] == n_train * 3 * h * w
-    assert keep.max() >= n_train * h * w  # some kept rows come from the copies
-    with np.load(knn_run / "bank.npz") as z:
-        run_rows = z["patches"].astype(np.float32)
-    with np.load(io.BytesIO((knn_bundle / "bank.npz").read_bytes())) as z:
-        bundle_rows = z["patches"].astype(np.float32)
-    assert bundle_rows.shape == run_rows.shape == (len(keep), config["features"]["dim"])
-    same_row = np.linalg.norm(bundle_rows - run_rows, axis=1)
-    other_row = np.linalg.norm(bundle_rows - np.roll(run_rows, 1, axis=0), axis=1)
-    assert np.median(same_row) < 0.5 * np.median(other_row)
+    coarse = config["features"]["coarse"]
+    g = h // coarse["step"]
+    assert (coarse["step"], coarse["channels"] + coarse["dim"]) == (4, config["features"]["dim"])
+    fine_rows = n_train * 3 * h * w
+    assert config["args"]["bank_augment"] == 2 and config["coreset"]["of"] == fine_rows + n_train * 3 * g * g
+    fine_keep = keep[keep < fine_rows]
+    assert fine_keep.max() >= n_train * h * w  # some kept rows come from the copies
+    assert 0 < len(keep) - len(fine_keep) < n_train * 3 * g * g  # and some (not all) coarse cells are kept
+    for key, dim in (("patches", coarse["channels"]), ("coarse", coarse["dim"])):
+        with np.load(knn_run / "bank.npz") as z:
+            run_rows = z[key].astype(np.float32)
+        with np.load(io.BytesIO((knn_bundle / "bank.npz").read_bytes())) as z:
+            bundle_rows = z[key].astype(np.float32)
+        kept = len(fine_keep) if key == "patches" else len(keep) - len(fine_keep)
+        assert bundle_rows.shape == run_rows.shape == (kept, dim)
+        same_row = np.linalg.norm(bundle_rows - run_rows, axis=1)
+        assert np.median(same_row) < 0.2 * np.median(np.linalg.norm(run_rows, axis=1)), key
+        if key == "patches":  # (at 64 px the 2x2 coarse cells of a photo pool to the same vector: no roll test)
+            other_row = np.linalg.norm(bundle_rows - np.roll(run_rows, 1, axis=0), axis=1)
+            assert np.median(same_row) < 0.5 * np.median(other_row)
 
 
 def test_bundle_refuses_a_tampered_bank(knn_bundle, tiny_dataset, tmp_path):

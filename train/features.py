@@ -5,7 +5,9 @@ the device runs as int8 TFLite (all builtin ops), so the device only does the ne
 and computes the same features that built the bank.
 
 PatchCore recipe: take two mid-level feature maps, average each over a 3x3 neighbourhood (a patch sees a little
-context), bring the deeper one to the shallower grid, concatenate.
+context), bring the deeper one to the shallower grid, concatenate. A coarse (context) stage, when asked for, is
+appended after them, nearest-upsampled so each of its cells is an exact block of the grid (edge.knn.CoarseBank
+reads every step-th cell back).
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import DISTANCES, PEAKS, Bank, global_embedding, nn_distances, row_spacing
+from edge.knn import DISTANCES, PEAKS, Bank, CoarseBank, global_embedding, nn_distances, row_spacing
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
 
 EFFNET_TAPS = ("block4", "block10")  # strides 8 and 16: 28x28 and 14x14 grids at 224 px
+EFFNET_COARSE_TAP = "block14"  # stride 32: a 7x7 grid at 224 px, edge.knn.CoarseBank
 CAE_TAPS = ("enc1_down", "enc2_down")  # strides 4 and 8 of the Inception CAE's encoder
 
 
-def patch_feature_model(backbone, taps: tuple[str, ...], pool: int = 3, name: str = "patch_features"):
-    """Cut `backbone` at `taps` and return a model: image -> (h, w, D) locally pooled patch features."""
+def patch_feature_model(
+    backbone, taps: tuple[str, ...], pool: int = 3, name: str = "patch_features", coarse: str | None = None
+):
+    """Cut `backbone` at `taps` and return a model: image -> (h, w, D) locally pooled patch features.
+
+    `coarse`: a deeper layer whose pooled cells are appended last, each repeated over a block of the grid.
+    """
     import keras
     from keras import layers
 
@@ -41,16 +49,41 @@ def patch_feature_model(backbone, taps: tuple[str, ...], pool: int = 3, name: st
         grid.append(
             p if factor == 1 else layers.UpSampling2D(factor, interpolation="bilinear", name=f"{t}_up")(p)
         )
+    if coarse is not None:
+        c = layers.AveragePooling2D(pool, strides=1, padding="same", name="coarse_pool")(
+            backbone.get_layer(coarse).output
+        )
+        step = h // int(c.shape[1])
+        grid.append(layers.UpSampling2D(step, interpolation="nearest", name="coarse_up")(c))
     out = grid[0] if len(grid) == 1 else layers.Concatenate(name="patches")(grid)
     return keras.Model(backbone.input, out, name=name)
 
 
-def effnet_feature_model(input_size: int = 224, taps: tuple[str, ...] = EFFNET_TAPS):
+def coarse_layout(model) -> dict | None:
+    """{"channels", "step", "dim"} of a patch-feature model's coarse stage (BankRecipe), or None without one."""
+    try:
+        up = model.get_layer("coarse_up")
+    except ValueError:
+        return None
+    dim = int(up.output.shape[-1])
+    return {
+        "channels": int(model.output_shape[-1]) - dim,
+        "step": int(model.output_shape[1]) // int(up.input.shape[1]),
+        "dim": dim,
+    }
+
+
+def effnet_feature_model(
+    input_size: int = 224, taps: tuple[str, ...] = EFFNET_TAPS, coarse: str | None = EFFNET_COARSE_TAP
+):
     from train import effnet_lite0
 
-    backbone = effnet_lite0.pretrained(input_size, include_top=False, taps=taps)
+    backbone = effnet_lite0.pretrained(
+        input_size, include_top=False, taps=taps if coarse is None else (*taps, coarse)
+    )
     layer_names = tuple(effnet_lite0.tap_layer_name(t) for t in taps)
-    return patch_feature_model(backbone, layer_names, name="effnet_lite0_patches")
+    deep = None if coarse is None else effnet_lite0.tap_layer_name(coarse)
+    return patch_feature_model(backbone, layer_names, name="effnet_lite0_patches", coarse=deep)
 
 
 def cae_feature_model(cae, taps: tuple[str, ...] = CAE_TAPS):
@@ -75,12 +108,45 @@ class BankRecipe:
     sigma: float = 8.0
     augment: int = 0  # shifted/turned/re-lit copies of each training image whose patches the coreset may pick
     peak: str = "map"  # edge.knn.Bank.peak
+    # the coarse stage (edge.knn.CoarseBank): where it sits in the grid (coarse_layout; channels 0 = none),
+    # its weight in the map, and the fraction of its cells the bank keeps (a 7x7 grid has few cells: on dsm100
+    # 25 % scored like all of them, 10 % lost 0.01 pixel AUROC, README)
+    coarse_channels: int = 0
+    coarse_step: int = 1
+    coarse_weight: float = 0.0
+    coarse_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise ValueError(f"distance {self.distance!r} is not one of {', '.join(DISTANCES)}")
         if self.peak not in PEAKS:
             raise ValueError(f"peak {self.peak!r} is not one of {', '.join(PEAKS)}")
+        if self.coarse_channels < 0 or self.coarse_step < 1 or not 0 <= self.coarse_weight <= 1:
+            raise ValueError("coarse stage: channels >= 0, step >= 1 and a weight in [0, 1]")
+        if self.has_coarse and self.peak != "map":
+            raise ValueError("a coarse stage needs the map-peak score")
+
+    @property
+    def has_coarse(self) -> bool:
+        return self.coarse_channels > 0
+
+
+def split_grid(feats: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.ndarray | None]:
+    """(fine grids (N, h, w, Df), coarse cells (N, g, g, Dc) or None) of feature grids (N, h, w, D)."""
+    if not recipe.has_coarse:
+        return feats, None
+    c, st = recipe.coarse_channels, recipe.coarse_step
+    return feats[..., :c], feats[:, ::st, ::st, c:]
+
+
+def patch_rows(feats_shape: tuple[int, ...], recipe: BankRecipe) -> int:
+    """How many rows a coreset selection (coreset_keep) indexes for training grids of `feats_shape`: the fine
+    patches, then the coarse cells."""
+    n, h, w = feats_shape[:3]
+    rows = n * h * w
+    if recipe.has_coarse:
+        rows += n * len(range(0, h, recipe.coarse_step)) * len(range(0, w, recipe.coarse_step))
+    return rows
 
 
 def bank_views(images: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.ndarray]:
@@ -112,9 +178,18 @@ def coreset_keep(train_feats: np.ndarray, recipe: BankRecipe = BankRecipe()) -> 
     features moved image AUROC by up to 0.04 between otherwise identical conversions, which hid the
     quantization's own effect in the parity report.
     """
-    patches = train_feats.reshape(-1, train_feats.shape[-1])
+    fine, coarse = split_grid(train_feats, recipe)
+    keep = _select(fine, recipe.coreset_fraction, recipe)
+    if coarse is None:
+        return keep
+    # coarse cells are indexed after every fine patch (patch_rows), so one array is the whole selection
+    return np.r_[keep, np.prod(fine.shape[:3]) + _select(coarse, recipe.coarse_fraction, recipe)]
+
+
+def _select(grids: np.ndarray, fraction: float, recipe: BankRecipe) -> np.ndarray:
+    patches = grids.reshape(-1, grids.shape[-1])
     originals = len(patches) / (1 + max(recipe.augment, 0))  # the fraction is of the photos' own patches
-    n = int(np.clip(round(recipe.coreset_fraction * originals), recipe.min_patches, recipe.max_patches))
+    n = int(np.clip(round(fraction * originals), recipe.min_patches, recipe.max_patches))
     n = min(n, len(patches))
     return greedy_coreset(patches, n, seed=recipe.seed)
 
@@ -133,12 +208,15 @@ def build_bank(
     combined score is "how many times further from good than a typical good crop". `keep` reuses a selection
     (coreset_keep) instead of making a new one.
     """
-    d = train_feats.shape[-1]
-    patches = train_feats.reshape(-1, d)
+    fine, coarse = split_grid(train_feats, recipe)
+    d = fine.shape[-1]
+    patches = fine.reshape(-1, d)
     if keep is None:
         keep = coreset_keep(train_feats, recipe)
-    images = np.stack([global_embedding(f) for f in train_feats])
-    kept = patches[keep]
+    keep = np.asarray(keep)
+    fine_keep, coarse_keep = keep[keep < len(patches)], keep[keep >= len(patches)] - len(patches)
+    images = np.stack([global_embedding(f) for f in fine])
+    kept = patches[fine_keep]
     spacing = row_spacing(kept) if recipe.distance == "relative" else None
     bank = Bank(
         patches=kept,
@@ -147,15 +225,36 @@ def build_bank(
         patch_spacing=spacing,
         peak=recipe.peak,
     )
+    stage = None
+    if coarse is not None:
+        stage = CoarseBank(
+            patches=coarse.reshape(-1, coarse.shape[-1])[coarse_keep],
+            channels=recipe.coarse_channels,
+            step=recipe.coarse_step,
+            weight=recipe.coarse_weight,
+        )
     if len(val_feats) == 0:
         log.warning("no validation images: bank scales left at 1.0")
-        return bank
+        return replace(bank, coarse=stage)
+    val_fine = split_grid(val_feats, recipe)[0]
     patch_only = replace(bank, global_weight=0.0)
-    patch_val = [patch_only.score(f, hw, sigma=recipe.sigma)[0] for f in val_feats]
-    image_val = nn_distances(np.stack([global_embedding(f) for f in val_feats]), images)
-    log.info("bank: %d of %d patches kept, dim %d", len(keep), len(patches), d)
+    patch_val = [patch_only.score(f, hw, sigma=recipe.sigma)[0] for f in val_fine]
+    image_val = nn_distances(np.stack([global_embedding(f) for f in val_fine]), images)
+    log.info("bank: %d of %d patches kept, dim %d", len(fine_keep), len(patches), d)
+    if stage is not None:  # its own scale, measured alike: the median peak of its map on good val crops
+        peaks = [stage.distance_map(f, hw, recipe.sigma).max() for f in val_feats]
+        stage = replace(stage, scale=float(np.median(peaks)) or 1.0)
+        log.info(
+            "coarse bank: %d of %d cells kept, dim %d",
+            len(coarse_keep),
+            int(np.prod(coarse.shape[:3])),
+            coarse.shape[-1],
+        )
     return replace(
-        bank, patch_scale=float(np.median(patch_val)) or 1.0, image_scale=float(np.median(image_val)) or 1.0
+        bank,
+        patch_scale=float(np.median(patch_val)) or 1.0,
+        image_scale=float(np.median(image_val)) or 1.0,
+        coarse=stage,
     )
 
 
@@ -179,12 +278,22 @@ def held_out_train_scores(
     rows is then a little small: a slightly high score, so the threshold errs towards fewer false alarms).
     """
     source = np.arange(len(train_feats)) if source is None else np.asarray(source)
-    per_image = int(np.prod(train_feats.shape[1:3]))
-    row_image = source[np.asarray(keep) // per_image]  # the original image behind each bank row
+    keep = np.asarray(keep)
+    n, h, w = train_feats.shape[:3]
+    fine_keep, coarse_keep = keep[keep < n * h * w], keep[keep >= n * h * w] - n * h * w
+    row_image = source[fine_keep // (h * w)]  # the original image behind each bank row
+    coarse_image = None
+    if bank.coarse is not None:
+        st = bank.coarse.step
+        coarse_image = source[coarse_keep // (len(range(0, h, st)) * len(range(0, w, st)))]
     own_embeddings = len(bank.images) == len(train_feats)
     originals = int(source.max()) + 1 if len(source) else 0
     scores = np.empty(originals)
     for i in range(originals):
-        without = bank.without(row_image == i, source == i if own_embeddings else None)
+        without = bank.without(
+            row_image == i,
+            source == i if own_embeddings else None,
+            None if coarse_image is None else coarse_image == i,
+        )
         scores[i] = without.score(train_feats[i], hw, sigma=sigma)[0]
     return scores

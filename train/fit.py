@@ -414,6 +414,7 @@ def knn_cli_main(args, method: str) -> int:
             global_weight=getattr(args, "global_weight", 0.0),
             distance=getattr(args, "distance", "euclidean"),
             bank_augment=getattr(args, "bank_augment", 0),
+            coarse_weight=getattr(args, "coarse_weight", None),
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )

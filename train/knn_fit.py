@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CORESET_FILE = "coreset.npy"  # the bank's row indices into the training patches, reused by convert
 CALIBRATION_SPLIT = "val+train-held-out"
 MAX_BANK_AUGMENT = 16  # each copy is one more feature pass over the training set at fit and convert time
+DEFAULT_COARSE_WEIGHT = 0.5  # the plain mean of the two maps, not tuned (0.3 and 0.7 measured, README)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ class KnnFitConfig:
     seed: int = 0
     distance: str = "euclidean"  # or "relative" (edge.knn); on dsm100 within the coreset seed noise (README)
     bank_augment: int = 0  # augmented copies of each photo offered to the coreset (features.bank_views)
+    # the coarse stage's weight in the map (edge.knn.CoarseBank); None: DEFAULT_COARSE_WEIGHT for effnet-knn,
+    # 0 (none) for cae-knn, whose encoder has no deeper stage worth it
+    coarse_weight: float | None = None
+
+    @property
+    def coarse(self) -> float:
+        if self.coarse_weight is not None:
+            return float(self.coarse_weight)
+        return DEFAULT_COARSE_WEIGHT if self.method == "effnet-knn" else 0.0
 
     def validate(self) -> KnnFitConfig:
         if self.method not in KNN_METHODS:
@@ -59,6 +69,15 @@ class KnnFitConfig:
             raise UserError(f"--coreset {self.coreset_fraction}: must be in (0, 1]")
         if self.image_size < 32 or self.image_size % 16:
             raise UserError(f"--image-size {self.image_size}: must be a multiple of 16, at least 32")
+        if not 0 <= self.coarse <= 1:
+            raise UserError(f"--coarse-weight {self.coarse}: must be in [0, 1]")
+        if self.coarse > 0 and self.method != "effnet-knn":
+            raise UserError(f"--coarse-weight {self.coarse}: only effnet-knn has a coarse stage; use 0")
+        if self.coarse > 0 and self.image_size % 32:
+            raise UserError(
+                f"--image-size {self.image_size}: the coarse stage (stride 32) needs a multiple of 32,"
+                " or --coarse-weight 0"
+            )
         return self
 
 
@@ -68,7 +87,12 @@ def feature_model_for(fc: KnnFitConfig):
 
     if fc.method == "effnet-knn":
         spec = InputSpec(height=fc.image_size, width=fc.image_size)
-        return features.effnet_feature_model(fc.image_size), spec, {"backbone": "efficientnet-lite0"}
+        coarse = features.EFFNET_COARSE_TAP if fc.coarse > 0 else None
+        model = features.effnet_feature_model(fc.image_size, coarse=coarse)
+        desc: dict = {"backbone": "efficientnet-lite0", "taps": list(features.EFFNET_TAPS)}
+        if coarse is not None:
+            desc["coarse"] = {"tap": coarse, **features.coarse_layout(model)}
+        return model, spec, desc
     from train.model import load_run
 
     cae, cae_config = load_run(fc.cae_run)
@@ -80,7 +104,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
     """Build the bank and calibrate; writes RUN_DIR/{model.keras, bank.npz, config.json}. Returns config."""
     fc.validate()
     from train.data import load_images
-    from train.features import BankRecipe, bank_views, build_bank, coreset_keep, extract
+    from train.features import BankRecipe, bank_views, build_bank, coreset_keep, extract, patch_rows
     from train.fit import git_commit, library_versions, make_run_dir, training_splits, write_json
 
     started = time.time()
@@ -98,6 +122,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         distance=fc.distance,
         sigma=map_sigma(hw, val_f.shape[1:3]),
         augment=fc.bank_augment,
+        **coarse_recipe(desc, fc.coarse),
     )
     views, source = bank_views(load_images(train_s, spec), recipe)
     if recipe.augment:
@@ -117,7 +142,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         "format": 1,  # of the run folder (bundle.json has its own)
         "kind": "knn",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "args": asdict(fc),
+        "args": {**asdict(fc), "coarse_weight": fc.coarse},
         "input": spec.to_json(),
         "features": {**desc, "grid": list(train_f.shape[1:3]), "dim": int(train_f.shape[-1])},
         "data": {
@@ -134,7 +159,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         "score": {"method": fc.method, "params": {"bank": bank_meta, "sigma": recipe.sigma}},
         "threshold": cal["threshold"],
         "calibration": cal,
-        "coreset": {"file": CORESET_FILE, "kept": int(len(keep)), "of": int(np.prod(train_f.shape[:3]))},
+        "coreset": {"file": CORESET_FILE, "kept": int(len(keep)), "of": patch_rows(train_f.shape, recipe)},
         "checkpoints": {"best": "model.keras"},
     }
     write_json(out / "config.json", config)
@@ -148,6 +173,19 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         cal["n"],
     )
     return config
+
+
+def coarse_recipe(features_desc: dict, weight: float) -> dict:
+    """The BankRecipe fields of a feature model's coarse stage (config.json `features.coarse`), shared with
+    convert; {} without one."""
+    layout = features_desc.get("coarse")
+    if not layout or weight <= 0:
+        return {}
+    return {
+        "coarse_channels": int(layout["channels"]),
+        "coarse_step": int(layout["step"]),
+        "coarse_weight": float(weight),
+    }
 
 
 def map_sigma(hw: tuple[int, int], grid: tuple[int, int]) -> float:
