@@ -118,7 +118,9 @@ def test_bundle_bank_keeps_the_run_s_coreset_rows(knn_bundle, knn_run):
         assert bundle_rows.shape == run_rows.shape == (kept, dim)
         same_row = np.linalg.norm(bundle_rows - run_rows, axis=1)
         assert np.median(same_row) < 0.2 * np.median(np.linalg.norm(run_rows, axis=1)), key
-        if key == "patches":  # (at 64 px the 2x2 coarse cells of a photo pool to the same vector: no roll test)
+        if (
+            key == "patches"
+        ):  # (at 64 px the 2x2 coarse cells of a photo pool to the same vector: no roll test)
             other_row = np.linalg.norm(bundle_rows - np.roll(run_rows, 1, axis=0), axis=1)
             assert np.median(same_row) < 0.5 * np.median(other_row)
 
