@@ -37,7 +37,7 @@ STAGES = (
     (1, 3, 1, 6, 192, 320),
 )
 # Block index -> output stride, for cutting at mid-level stages (224 px input: stride 8 = 28x28, 16 = 14x14).
-TAPS = {"block4": 8, "block10": 16, "block14": 32}
+TAPS = {"block4": 8, "block10": 16, "block11": 32, "block14": 32}
 MEAN, STD = 127.0, 128.0  # Lite's input normalisation, on 0..255 pixels
 
 

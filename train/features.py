@@ -23,7 +23,7 @@ from train.coreset import greedy_coreset
 log = logging.getLogger(__name__)
 
 EFFNET_TAPS = ("block4", "block10")  # strides 8 and 16: 28x28 and 14x14 grids at 224 px
-EFFNET_COARSE_TAP = "block14"  # stride 32: a 7x7 grid at 224 px, edge.knn.CoarseBank
+EFFNET_COARSE_TAP = "block11"  # the first stride-32 block: a 7x7 grid at 224 px, edge.knn.CoarseBank (README)
 CAE_TAPS = ("enc1_down", "enc2_down")  # strides 4 and 8 of the Inception CAE's encoder
 
 
