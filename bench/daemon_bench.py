@@ -68,6 +68,16 @@ def wall(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
+def unit_environment(unit: Path = ROOT / "systemd" / "dishwatch-edge.service") -> dict[str, str]:
+    """The `Environment=` settings of the systemd unit, so the daemon is measured as a device runs it."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        key, _, val = line.strip().partition("=")
+        if key == "Environment":
+            env.update(kv.split("=", 1) for kv in val.split())
+    return env
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default=str(ROOT / "models/default"))
@@ -92,6 +102,7 @@ def main() -> int:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+    daemon_env = {**env, **unit_environment()}  # the device's process environment, from the shipped unit
     if not (Path(args.bundle) / "bundle.json").is_file():
         sys.exit(f"daemon_bench: error: no bundle at {args.bundle} (make model, or --bundle DIR)")
     if not (Path(args.data) / "test").is_dir():
@@ -127,7 +138,7 @@ def main() -> int:
             cfg.write_text(cfg.read_text().replace("threads = 1", f"threads = {args.threads}"))
             proc = subprocess.Popen(
                 [py, "-m", "edge", "run", "--config", str(cfg)],
-                env=env,
+                env=daemon_env,
                 stdout=subprocess.DEVNULL,
                 stderr=open(tmp / "daemon.log", "wb"),
             )
