@@ -402,7 +402,9 @@ def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs:
                     f"feature dim {dim} differs from the bundle's bank ({bank['dim']} + coarse"
                     f" {coarse.get('dim', 0)}): build_model makes the default effnet-knn network"
                 )
-            cells = (h // coarse["step"]) * (w // coarse["step"]) if coarse else 0
+            from train.features import coarse_cells
+
+            cells = coarse_cells(h, w, coarse["step"]) if coarse else 0
             sec["knn"] = {
                 "patches": bank["patches"],
                 "dim": bank["dim"],

@@ -139,14 +139,23 @@ def split_grid(feats: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.nd
     return feats[..., :c], feats[:, ::st, ::st, c:]
 
 
+def coarse_cells(h: int, w: int, step: int) -> int:
+    """Coarse cells in an (h, w) grid whose coarse stage repeats each cell over step x step (CoarseBank.cells)."""
+    return len(range(0, h, step)) * len(range(0, w, step))
+
+
 def patch_rows(feats_shape: tuple[int, ...], recipe: BankRecipe) -> int:
     """How many rows a coreset selection (coreset_keep) indexes for training grids of `feats_shape`: the fine
     patches, then the coarse cells."""
     n, h, w = feats_shape[:3]
-    rows = n * h * w
-    if recipe.has_coarse:
-        rows += n * len(range(0, h, recipe.coarse_step)) * len(range(0, w, recipe.coarse_step))
-    return rows
+    return n * h * w + (n * coarse_cells(h, w, recipe.coarse_step) if recipe.has_coarse else 0)
+
+
+def split_keep(keep: np.ndarray, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fine patch rows, coarse cell rows counted from 0) of a coreset selection: coreset_keep indexes the coarse
+    cells after all `n_fine` fine patches."""
+    keep = np.asarray(keep)
+    return keep[keep < n_fine], keep[keep >= n_fine] - n_fine
 
 
 def bank_views(images: np.ndarray, recipe: BankRecipe) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +222,7 @@ def build_bank(
     patches = fine.reshape(-1, d)
     if keep is None:
         keep = coreset_keep(train_feats, recipe)
-    keep = np.asarray(keep)
-    fine_keep, coarse_keep = keep[keep < len(patches)], keep[keep >= len(patches)] - len(patches)
+    fine_keep, coarse_keep = split_keep(keep, len(patches))
     images = np.stack([global_embedding(f) for f in fine])
     kept = patches[fine_keep]
     spacing = row_spacing(kept) if recipe.distance == "relative" else None
@@ -278,14 +286,12 @@ def held_out_train_scores(
     rows is then a little small: a slightly high score, so the threshold errs towards fewer false alarms).
     """
     source = np.arange(len(train_feats)) if source is None else np.asarray(source)
-    keep = np.asarray(keep)
     n, h, w = train_feats.shape[:3]
-    fine_keep, coarse_keep = keep[keep < n * h * w], keep[keep >= n * h * w] - n * h * w
+    fine_keep, coarse_keep = split_keep(keep, n * h * w)
     row_image = source[fine_keep // (h * w)]  # the original image behind each bank row
     coarse_image = None
     if bank.coarse is not None:
-        st = bank.coarse.step
-        coarse_image = source[coarse_keep // (len(range(0, h, st)) * len(range(0, w, st)))]
+        coarse_image = source[coarse_keep // coarse_cells(h, w, bank.coarse.step)]
     own_embeddings = len(bank.images) == len(train_feats)
     originals = int(source.max()) + 1 if len(source) else 0
     scores = np.empty(originals)
