@@ -1,7 +1,7 @@
 """Per-crop inference latency of the CAE and of the default method (`effnet-knn`): Keras vs TFLite float32 /
 float16 / int8, 1 and 2 threads.
 
-Why both models: the committed default bundle (models/default) is `effnet-knn`, an int8 EfficientNet-Lite0 cut
+Why both models: the committed default bundle (models/default) is `effnet-knn`, an int8 EfficientNet-Lite2 cut
 to a patch-feature grid followed by a numpy nearest-neighbour search over the bundle's bank, so the CAE's figures
 alone no longer describe what the device runs. The effnet feature model is converted with the interface
 convert/bundle_writer.py ships (int8, uint8 input, float32 dequantized output) and the shipped model.tflite is
@@ -79,17 +79,24 @@ def median_ms(fn, runs: int, warmup: int) -> float:
 
 
 def build_model(model: str, config: str, size: int) -> keras.Model:
-    """The Keras network a model kind converts: the untrained CAE, or the pretrained effnet patch-feature net."""
+    """The Keras network a model kind converts: the untrained CAE of `config`, or the pretrained effnet
+    patch-feature net of the backbone `config` names (train.features.BACKBONES)."""
     import keras
 
     keras.utils.set_random_seed(0)
     if model == "effnet":
         from train.features import effnet_feature_model
 
-        return effnet_feature_model(size)
+        return effnet_feature_model(size, config)
     from train.model import build_cae, get_config
 
     return build_cae(get_config(config, input_size=size))
+
+
+def bundle_backbone(bundle_json: dict) -> str:
+    """The backbone an effnet-knn bundle was made with (its run's args); bundles made before Lite2 are Lite0."""
+    args = ((bundle_json.get("training") or {}).get("run") or {}).get("args") or {}
+    return args.get("backbone") or "efficientnet-lite0"
 
 
 def variants(model: str) -> dict[str, ConvertOptions]:
@@ -377,15 +384,16 @@ def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs:
             if info.score_method != "effnet-knn":
                 raise SystemExit(f"--bundle {bundle_dir}: method {info.score_method}, not effnet-knn")
             bank = info.score_params["bank"]
+            backbone = bundle_backbone(info.raw)
             sec = {
-                "name": "EfficientNet-Lite0 patch features",
+                "name": f"{backbone} patch features",
                 "bundle": _shown(bundle_dir),
                 "method": info.score_method,
             }
             sec.update(
                 measure(
                     "effnet",
-                    config,
+                    backbone,
                     info.input.height,
                     runtimes,
                     conv,
@@ -481,7 +489,11 @@ def main() -> int:
     p.add_argument(
         "--model", choices=(*MODELS, "both"), default="both", help="what to measure (default both)"
     )
-    p.add_argument("--config", default=None, help="CAE config (default: train.model.DEFAULT_CONFIG)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="CAE config (default: train.model.DEFAULT_CONFIG); the effnet Keras worker gets its backbone here",
+    )
     p.add_argument(
         "--size", type=int, default=128, help="CAE input size in px (default 128, the default input)"
     )

@@ -21,7 +21,7 @@ on average over five coreset selections (-0.019 to +0.032), inside their noise, 
 default.
 
 A **coarse stage** (`Bank.coarse`, an extension of bundle format 2): a second, small bank of a deep feature stage
-(EfficientNet-Lite0's first stride-32 block, a 7x7 grid at 224 px) whose map is averaged with the fine one. Why: a
+(the backbone's first stride-32 block, a 7x7 grid at 224 px) whose map is averaged with the fine one. Why: a
 stride-8 patch sees a few millimetres of food or rim, so a dish served on another menu dish's plate, or a
 combination of components that are each on the menu, is made of patches the fine bank knows; a stride-32 cell
 sees a quarter of the plate with what lies on it. Measured on dsm100, int8 (README): pixel AUROC 0.80 -> 0.88,

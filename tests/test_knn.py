@@ -364,7 +364,7 @@ def test_coreset_and_held_out_scores_cover_the_coarse_stage():
     assert np.allclose(in_bank, 0.0, atol=1e-2)
 
 
-def test_fit_config_refuses_a_coarse_stage_it_cannot_build():
+def test_fit_config_refuses_a_coarse_stage_or_backbone_it_cannot_build():
     from train.knn_fit import DEFAULT_COARSE_WEIGHT, KnnFitConfig
 
     assert KnnFitConfig(data="d", out="o").validate().coarse == DEFAULT_COARSE_WEIGHT
@@ -373,6 +373,11 @@ def test_fit_config_refuses_a_coarse_stage_it_cannot_build():
         ({"coarse_weight": 1.5}, r"--coarse-weight 1.5: must be in \[0, 1\]"),
         ({"method": "cae-knn", "cae_run": "r", "coarse_weight": 0.5}, "only effnet-knn"),
         ({"image_size": 240}, "multiple of 32"),
+        (
+            {"backbone": "resnet50"},
+            r"--backbone 'resnet50': not one of efficientnet-lite0, efficientnet-lite2",
+        ),
+        ({"method": "cae-knn", "cae_run": "r", "backbone": "efficientnet-lite0"}, "only effnet-knn has"),
     ):
         with pytest.raises(UserError, match=match):
             KnnFitConfig(data="d", out="o", **kw).validate()

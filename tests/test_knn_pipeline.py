@@ -1,8 +1,8 @@
 """Feature-distance (kNN) methods through the real pipeline: fit -> evaluate -> convert -> bundle -> edge Scorer.
 
 Why through the CLIs and a TF-free subprocess: the device runs `edge` with LiteRT only, and the bundle's bank must
-have been rebuilt from the converted model's own features; only the real path proves both. EfficientNet-Lite0 at
-64 px (an 8x8 patch grid) keeps the whole module well under a minute on two cores.
+have been rebuilt from the converted model's own features; only the real path proves both. EfficientNet-Lite2 (the
+default backbone) at 64 px (an 8x8 patch grid) keeps the whole module well under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ def test_fit_writes_a_knn_run_and_evaluate_reports_it(knn_run, tiny_dataset, tmp
     config = json.loads((knn_run / "config.json").read_text())
     assert config["kind"] == "knn" and config["score"]["method"] == "effnet-knn"
     assert config["input"]["height"] == KNN_SIZE and config["features"]["grid"] == [8, 8]
+    # the default backbone, recorded so the run can be made again; Lite2's stride-8 (48), stride-16 (120) and
+    # coarse stride-32 (208) channels
+    assert config["args"]["backbone"] == config["features"]["backbone"] == "efficientnet-lite2"
+    assert config["features"]["dim"] == 48 + 120 + 208
     assert (knn_run / "bank.npz").is_file() and (knn_run / "model.keras").is_file()
     out = tmp_path / "eval.json"
     _ok(

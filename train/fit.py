@@ -415,6 +415,7 @@ def knn_cli_main(args, method: str) -> int:
             distance=getattr(args, "distance", "euclidean"),
             bank_augment=getattr(args, "bank_augment", 0),
             coarse_weight=getattr(args, "coarse_weight", None),
+            backbone=getattr(args, "backbone", "") or "",
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )

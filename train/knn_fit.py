@@ -1,4 +1,4 @@
-"""Fit the feature-distance score methods: `effnet-knn` (pretrained EfficientNet-Lite0) and `cae-knn` (the
+"""Fit the feature-distance score methods: `effnet-knn` (pretrained EfficientNet-Lite2 or -Lite0) and `cae-knn` (the
 trained Inception CAE's encoder). "Fitting" is building the memory bank from good training crops and
 calibrating the threshold on good validation crops; no weights are trained.
 
@@ -45,6 +45,7 @@ class KnnFitConfig:
     # the coarse stage's weight in the map (edge.knn.CoarseBank); None: DEFAULT_COARSE_WEIGHT for effnet-knn,
     # 0 (none) for cae-knn, whose encoder has no deeper stage worth it
     coarse_weight: float | None = None
+    backbone: str = ""  # effnet-knn: a train.features.BACKBONES name; "" = DEFAULT_BACKBONE
 
     @property
     def coarse(self) -> float:
@@ -57,6 +58,12 @@ class KnnFitConfig:
             raise UserError(
                 f"--method {self.method!r}: not a feature-distance method ({', '.join(KNN_METHODS)})"
             )
+        from train.features import BACKBONES
+
+        if self.backbone and self.method != "effnet-knn":
+            raise UserError(f"--backbone {self.backbone}: only effnet-knn has a pretrained backbone")
+        if self.backbone and self.backbone not in BACKBONES:
+            raise UserError(f"--backbone {self.backbone!r}: not one of {', '.join(BACKBONES)}")
         if self.method == "cae-knn" and not self.cae_run:
             raise UserError("--cae-run: required with --method cae-knn (a trained CAE run folder)")
         if self.distance not in DISTANCES:
@@ -87,11 +94,12 @@ def feature_model_for(fc: KnnFitConfig):
 
     if fc.method == "effnet-knn":
         spec = InputSpec(height=fc.image_size, width=fc.image_size)
-        coarse = features.EFFNET_COARSE_TAP if fc.coarse > 0 else None
-        model = features.effnet_feature_model(fc.image_size, coarse=coarse)
-        desc: dict = {"backbone": "efficientnet-lite0", "taps": list(features.EFFNET_TAPS)}
-        if coarse is not None:
-            desc["coarse"] = {"tap": coarse, **features.coarse_layout(model)}
+        name = fc.backbone or features.DEFAULT_BACKBONE
+        backbone = features.BACKBONES[name]
+        model = features.effnet_feature_model(fc.image_size, name, coarse=fc.coarse > 0)
+        desc: dict = {"backbone": name, "taps": list(backbone.taps)}
+        if fc.coarse > 0:
+            desc["coarse"] = {"tap": backbone.coarse, **features.coarse_layout(model)}
         return model, spec, desc
     from train.model import load_run
 
@@ -142,7 +150,11 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         "format": 1,  # of the run folder (bundle.json has its own)
         "kind": "knn",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "args": {**asdict(fc), "coarse_weight": fc.coarse},
+        "args": {
+            **asdict(fc),
+            "coarse_weight": fc.coarse,
+            "backbone": desc["backbone"] if fc.method == "effnet-knn" else "",
+        },
         "input": spec.to_json(),
         "features": {**desc, "grid": list(train_f.shape[1:3]), "dim": int(train_f.shape[-1])},
         "data": {
@@ -189,7 +201,7 @@ def coarse_recipe(features_desc: dict, weight: float) -> dict:
 
 
 def map_sigma(hw: tuple[int, int], grid: tuple[int, int]) -> float:
-    """The anomaly map's blur: one cell of the finest feature grid (8 px for EfficientNet-Lite0 at 224 px).
+    """The anomaly map's blur: one cell of the finest feature grid (8 px for EfficientNet-Lite at 224 px).
 
     Why one cell: the score is the blurred map's peak; on dsm100 (four coreset selections) sigma 4, 6, 8 and 10
     px gave image AUROC 0.813, 0.816, 0.816, 0.814 and pixel AUROC 0.773, 0.782, 0.792, 0.801 (README).
