@@ -300,23 +300,56 @@ def _train(fc: FitConfig, cae: CaeConfig, train_x: np.ndarray, val_x: np.ndarray
     log.info(
         "fitting %s (%d params) for %d epochs, %s", model.name, model.count_params(), fc.epochs, fc.precision
     )
+    stop = _StopOnCtrlC()
+    previous = signal.signal(signal.SIGINT, stop.request)
     try:
         h = model.fit(
             feeder,
             validation_data=(val_x, val_x),
             validation_batch_size=fc.batch_size,
             epochs=fc.epochs,
-            callbacks=callbacks,
+            callbacks=[*callbacks, stop.callback()],
             verbose=1 if sys.stdout.isatty() else 2,
         )
         history = h.history
-    except KeyboardInterrupt:
+    finally:
+        # until the run is written, a further Ctrl-C must not leave a half-written checkpoint or config.json
+        signal.signal(signal.SIGINT, signal.SIG_IGN if stop.requested else previous)
+    if stop.requested:
         interrupted = True
-        # A second Ctrl-C must not leave a half-written checkpoint: finish saving and calibrating first.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         model.save(last_path)
-        history = getattr(model.history, "history", {}) or {}
     return model, history, interrupted, time.time() - started
+
+
+class _StopOnCtrlC:
+    """Ctrl-C ends training at the next batch end, through Keras' own stop_training, instead of a KeyboardInterrupt
+    raised wherever Python happens to be: inside a checkpoint write, or inside Keras' data iterator, where the
+    interrupt is not guaranteed to reach fit's caller. The epoch then ends normally (validation, checkpoints,
+    history), so the run is always left consistent."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum, frame) -> None:  # a signal handler
+        if not self.requested:
+            log.warning("Ctrl-C: stopping at the end of this batch; the run folder is then written")
+        self.requested = True
+
+    def callback(self):
+        import keras
+
+        owner = self
+
+        class _Stop(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None) -> None:
+                if owner.requested:
+                    self.model.stop_training = True
+
+            def on_epoch_end(self, epoch, logs=None) -> None:  # a Ctrl-C during validation
+                if owner.requested:
+                    self.model.stop_training = True
+
+        return _Stop()
 
 
 def fit(fc: FitConfig) -> int:
