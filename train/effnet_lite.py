@@ -97,22 +97,23 @@ def block_args(variant: str = "lite0") -> list[BlockArgs]:
     return out
 
 
-def tap_stride(tap: str, variant: str = "lite0") -> int:
-    """Output stride of block `tap` ("blockN"): the grid is input_size / stride (224 px, stride 8: 28x28)."""
+def _tap_blocks(tap: str, variant: str) -> list[BlockArgs]:
+    """The blocks up to and including `tap` ("blockN"); a one-line error for a block the variant does not have."""
     blocks = block_args(variant)
     index = tap.removeprefix("block")
     if not tap.startswith("block") or not index.isdigit() or int(index) >= len(blocks):
         raise UserError(f"backbone tap {tap!r}: unknown (known: block0 .. block{len(blocks) - 1})")
-    stride = 2  # the stem
-    for b in blocks[: int(index) + 1]:
-        stride *= b.stride
-    return stride
+    return blocks[: int(index) + 1]
+
+
+def tap_stride(tap: str, variant: str = "lite0") -> int:
+    """Output stride of block `tap`: the grid is input_size / stride (224 px, stride 8: 28x28)."""
+    return 2 * math.prod(b.stride for b in _tap_blocks(tap, variant))  # 2: the stem
 
 
 def tap_layer_name(tap: str, variant: str = "lite0") -> str:
     """The Keras layer whose output is block `tap`'s output (its residual add, or its projection's BN)."""
-    tap_stride(tap, variant)
-    b = block_args(variant)[int(tap.removeprefix("block"))]
+    b = _tap_blocks(tap, variant)[-1]
     return f"{tap}_add" if b.stride == 1 and b.cin == b.cout else f"{tap}_project_bn"
 
 

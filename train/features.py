@@ -29,7 +29,7 @@ class Backbone:
     channel) stages, 28x28 and 14x14 grids at 224 px, and the first stride-32 block as the coarse stage (a 7x7
     grid, edge.knn.CoarseBank; README)."""
 
-    variant: str  # train.effnet_lite.STAGES
+    variant: str  # train.effnet_lite.SCALING
     taps: tuple[str, ...]
     coarse: str
 

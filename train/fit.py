@@ -295,8 +295,6 @@ def _train(fc: FitConfig, cae: CaeConfig, train_x: np.ndarray, val_x: np.ndarray
     ]
     feeder = make_feeder(train_x, fc.batch_size, fc.seed, AugmentConfig(enabled=fc.augment))
     started = time.time()
-    interrupted = False
-    history: dict[str, list] = {}
     log.info(
         "fitting %s (%d params) for %d epochs, %s", model.name, model.count_params(), fc.epochs, fc.precision
     )
@@ -311,14 +309,11 @@ def _train(fc: FitConfig, cae: CaeConfig, train_x: np.ndarray, val_x: np.ndarray
             callbacks=[*callbacks, stop.callback()],
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        history = h.history
     finally:
         # until the run is written, a further Ctrl-C must not leave a half-written checkpoint or config.json
         signal.signal(signal.SIGINT, signal.SIG_IGN if stop.requested else previous)
-    if stop.requested:
-        interrupted = True
-        model.save(last_path)
-    return model, history, interrupted, time.time() - started
+    # a stopped epoch still ends through on_epoch_end, so ModelCheckpoint has already written last_path
+    return model, h.history, stop.requested, time.time() - started
 
 
 class _StopOnCtrlC:
