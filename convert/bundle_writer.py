@@ -119,7 +119,7 @@ class KnnSource:
         train_feats = _tflite_outputs(runner, Split([], views))
         keep = self.keep if self.keep is not None else coreset_keep(train_feats, self.recipe)
         val_feats = _tflite_outputs(runner, self.val_good)
-        bank = build_bank(train_feats, val_feats, self.train.x.shape[1:3], self.recipe, keep)
+        bank = build_bank(train_feats, val_feats, self.train.x.shape[1:3], self.recipe, keep, source)
         return replace(self, keep=keep, bank=bank, train_feats=train_feats, source=source)
 
 

@@ -1,5 +1,7 @@
 """Feature-distance scoring: kNN against brute force, coreset coverage, bank integrity, and separation."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -403,3 +405,85 @@ def test_feature_model_appends_the_coarse_stage_as_exact_blocks():
     assert out.shape == (8, 8, 7) and tuple(deep.shape[1:]) == (2, 2, 3)
     coarse = out[..., 4:]
     np.testing.assert_array_equal(coarse, np.repeat(np.repeat(coarse[::4, ::4], 4, 0), 4, 1))
+
+
+def test_held_out_row_scales_match_a_brute_force_reference():
+    """Each patch goes to its nearest row from another photo; a row's scale is the shrunk mean of what it got."""
+    from train.features import HELD_OUT_SHRINK, held_out_row_scales
+
+    rng = np.random.default_rng(31)
+    grids = rng.normal(size=(4, 3, 3, 5)).astype(np.float32)  # 4 photos, 9 patches each
+    rows = np.concatenate([grids[p].reshape(-1, 5)[:4] for p in range(4)])  # 4 rows from each photo
+    row_image = np.repeat(np.arange(4), 4)
+    got = held_out_row_scales(rows, row_image, grids, np.arange(4))
+    hits: dict[int, list[float]] = {j: [] for j in range(len(rows))}
+    for p in range(4):
+        for q in grids[p].reshape(-1, 5):
+            d = np.sqrt(((rows - q) ** 2).sum(1))
+            d[row_image == p] = np.inf  # never its own photo's rows, though they hold the patch itself
+            hits[int(d.argmin())].append(float(d.min()))
+    typical = np.median([x for v in hits.values() for x in v])
+    expected = [(sum(v) + HELD_OUT_SHRINK * typical) / (len(v) + HELD_OUT_SHRINK) for v in hits.values()]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert any(not v for v in hits.values())  # a row nothing reached keeps the typical distance
+    # augmented copies (grid_image) count as their photo: photo 0's copy may not use photo 0's rows either
+    with_copy = held_out_row_scales(rows, row_image, np.concatenate([grids, grids[:1] + 0.01]), np.r_[0:4, 0])
+    assert with_copy.shape == (16,) and np.all(with_copy > 0)
+    assert (
+        held_out_row_scales(rows[:4], row_image[:4], grids[:1], [0]).tolist() == [1.0] * 4
+    )  # nothing to match
+
+
+def test_calibrated_bank_flags_a_step_on_a_tight_texture_that_euclidean_misses(tmp_path):
+    """Photos of a plain rim (tight) and of food (varied): the same step off a rim patch is unusual, off a food
+    patch it is ordinary. Euclidean distance cannot tell the two apart; the held-out calibration can."""
+    from train.features import BankRecipe, build_bank, coreset_keep
+
+    rng = np.random.default_rng(32)
+    rim = rng.normal(scale=0.1, size=(6, 4, 4, 4))
+    food = rng.normal(scale=2.0, size=(6, 4, 4, 4)) + 20
+    feats = np.concatenate([rim, food], axis=2).astype(
+        np.float32
+    )  # each photo: left half rim, right half food
+    val = feats[:2] + rng.normal(scale=0.05, size=feats[:2].shape).astype(np.float32)
+    recipe = BankRecipe(coreset_fraction=0.5, min_patches=1, sigma=0.0, peak="patch", distance="calibrated")
+    bank = build_bank(feats, val, (4, 8), recipe, coreset_keep(feats, recipe))
+    assert bank.distance == "calibrated" and bank.patch_spacing.shape == (len(bank.patches),)
+    plain = replace(bank, patch_spacing=None)
+    step = np.array([0.0, 0.0, 0.0, 1.5], np.float32)
+    on_rim, on_food = val[0].copy(), val[0].copy()
+    on_rim[0, 0] += step
+    on_food[0, 6] += step
+    # the stepped cells' values on the map (no blur: the map is the grid)
+    plain_rim, plain_food = (
+        plain.score(on_rim, (4, 8), 0.0)[1][0, 0],
+        plain.score(on_food, (4, 8), 0.0)[1][0, 6],
+    )
+    rim_cell, food_cell = bank.score(on_rim, (4, 8), 0.0)[1][0, 0], bank.score(on_food, (4, 8), 0.0)[1][0, 6]
+    assert plain_rim == pytest.approx(plain_food, rel=0.5)
+    assert rim_cell > 3 * food_cell
+    back = load_bank(tmp_path, save_bank(tmp_path, bank))  # and the bundle carries it
+    assert back.distance == "calibrated"
+    assert back.score(on_rim, (4, 8), 0.0)[0] == pytest.approx(bank.score(on_rim, (4, 8), 0.0)[0], rel=1e-2)
+
+
+def test_calibrated_coarse_stage_carries_its_row_scales_through_the_bundle(tmp_path):
+    from train.features import BankRecipe, build_bank, coreset_keep, held_out_train_scores
+
+    rng = np.random.default_rng(33)
+    feats = np.stack([_grid_with_coarse(rng) for _ in range(6)])
+    val = np.stack([_grid_with_coarse(rng) for _ in range(2)])
+    recipe = BankRecipe(coreset_fraction=0.5, min_patches=1, coarse_channels=6, coarse_step=4, coarse_weight=0.5,
+                        coarse_fraction=0.5, sigma=0.0, distance="calibrated")  # fmt: skip
+    keep = coreset_keep(feats, recipe)
+    bank = build_bank(feats, val, (8, 8), recipe, keep)
+    assert bank.coarse.row_scale.shape == (len(bank.coarse.patches),) and np.all(bank.coarse.row_scale > 0)
+    meta = save_bank(tmp_path, bank)
+    back = load_bank(tmp_path, meta)
+    np.testing.assert_array_equal(back.coarse.row_scale, bank.coarse.row_scale)
+    assert back.score(val[0], (8, 8), 0.0)[0] == pytest.approx(bank.score(val[0], (8, 8), 0.0)[0], rel=1e-2)
+    # held-out scoring drops an image's coarse rows together with their scales
+    assert held_out_train_scores(bank, feats, keep, (8, 8), sigma=0.0).shape == (6,)
+    broken = replace(bank, coarse=replace(bank.coarse, row_scale=-bank.coarse.row_scale))
+    with pytest.raises(UserError, match="coarse_row_scale must hold one positive number per coarse row"):
+        load_bank(tmp_path, save_bank(tmp_path, broken))

@@ -35,9 +35,18 @@ def _images(dataset: Path, sub: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def knn_run(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("knn_run") / "run"
-    # the non-default bank options here; cae-knn's test runs the defaults (euclidean, no copies)
-    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE), "--distance", "relative",
-            "--bank-augment", "2")  # fmt: skip
+    # the default distance (calibrated: its row scales must skip a photo's own augmented copies, in fit and in
+    # convert) with augmented copies; cae-knn's test runs the relative distance and no copies
+    args = (
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--image-size",
+        str(KNN_SIZE),
+        "--bank-augment",
+        "2",
+    )
     _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
     return out
 
@@ -83,7 +92,7 @@ def test_bundle_ships_a_bank_rebuilt_from_the_converted_model(knn_bundle, knn_ru
     assert hashlib.sha256((knn_bundle / "bank.npz").read_bytes()).hexdigest() == meta["sha256"]
     run_meta = json.loads((knn_run / "config.json").read_text())["score"]["params"]["bank"]
     assert meta["sha256"] != run_meta["sha256"]  # the int8 model's features, not the float run's
-    assert meta["distance"] == run_meta["distance"] == "relative"  # carried from run to bundle
+    assert meta["distance"] == run_meta["distance"] == "calibrated"  # carried from run to bundle
     assert b["format"] == 2
     assert b["calibration"]["on"] == "converted model"
     assert b["calibration"]["split"] == "val+train-held-out"
@@ -216,13 +225,13 @@ def test_edge_scorer_is_tf_free_and_flags_an_obvious_defect(knn_bundle, knn_run,
 def test_cae_knn_fits_on_a_trained_cae_and_scores(tiny_run, tiny_dataset, tmp_path):
     out = tmp_path / "cae_knn"
     args = ("--data", str(tiny_dataset), "--out", str(out), "--cae-run", str(tiny_run), "--coreset", "0.05",
-            "--global-weight", "0.5")  # fmt: skip
+            "--global-weight", "0.5", "--distance", "relative")  # fmt: skip
     _ok(run_cli("train", "fit", "--method", "cae-knn", *args), "fit cae-knn")
     config = json.loads((out / "config.json").read_text())
     cae_input = json.loads((tiny_run / "config.json").read_text())["input"]
     assert config["score"]["method"] == "cae-knn" and config["input"] == cae_input
     assert config["args"]["coreset_fraction"] == 0.05 and config["threshold"] > 0
-    assert config["score"]["params"]["bank"]["distance"] == "euclidean"  # the defaults
+    assert config["score"]["params"]["bank"]["distance"] == "relative"
     h, w = config["features"]["grid"]
     assert config["args"]["bank_augment"] == 0
     assert config["coreset"]["of"] == config["data"]["n_train"] * h * w

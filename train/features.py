@@ -17,7 +17,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import DISTANCES, PEAKS, Bank, CoarseBank, global_embedding, nn_distances, row_spacing
+from edge.knn import (
+    DISTANCES,
+    PEAKS,
+    ROW_SCALED,
+    Bank,
+    CoarseBank,
+    global_embedding,
+    nn_distances,
+    row_spacing,
+)
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
@@ -118,7 +127,9 @@ class BankRecipe:
     max_patches: int = 20000  # caps the bank at a few MB whatever the data size
     global_weight: float = 0.0  # see KnnFitConfig.global_weight
     seed: int = 0
-    distance: str = "euclidean"  # or "relative" (edge.knn: each bank row's distance divided by its spacing)
+    # "euclidean", "relative" or "calibrated" (edge.knn: each bank row's distance divided by its spacing or by its
+    # held-out good distance, held_out_row_scales)
+    distance: str = "euclidean"
     # the anomaly map's blur (map pixels) as the score uses it, so the scale is measured alike
     sigma: float = 8.0
     augment: int = 0  # shifted/turned/re-lit copies of each training image whose patches the coreset may pick
@@ -218,43 +229,96 @@ def _select(grids: np.ndarray, fraction: float, recipe: BankRecipe) -> np.ndarra
     return greedy_coreset(patches, n, seed=recipe.seed)
 
 
+HELD_OUT_SHRINK = (
+    10.0  # pseudo-patches at the median held-out distance that each row's scale is averaged with
+)
+
+
+def held_out_row_scales(
+    rows: np.ndarray, row_image: np.ndarray, grids: np.ndarray, grid_image: np.ndarray
+) -> np.ndarray:
+    """Each bank row's typical distance to good patches that were not allowed to match themselves.
+
+    Every grid's patches (grids (N, h, w, D), grid i from photo grid_image[i]) are matched to the nearest row
+    (rows (M, D), row j from photo row_image[j]) that did not come from the same photo, and row j's scale is the
+    mean of the distances that landed on it, shrunk towards their median by HELD_OUT_SHRINK pseudo-patches (a row
+    few patches reach would otherwise get a scale from one or two distances, or none). The scales are what a
+    "calibrated" bank divides by (edge.knn module docstring): a new good patch of that kind lands about 1.0 away.
+    """
+    rows = np.asarray(rows, np.float32)
+    row_image, grid_image = np.asarray(row_image), np.asarray(grid_image)
+    r2 = np.einsum("ij,ij->i", rows, rows)
+    nearest, dist = [], []
+    for g, photo in zip(grids, grid_image, strict=True):
+        q = np.asarray(g, np.float32).reshape(-1, rows.shape[1])
+        d2 = q @ rows.T
+        d2 *= -2.0
+        d2 += r2[None, :]
+        d2[:, row_image == photo] = np.inf
+        j = d2.argmin(axis=1)
+        nearest.append(j)
+        dist.append(np.sqrt(np.maximum(d2[np.arange(len(q)), j] + np.einsum("ij,ij->i", q, q), 0.0)))
+    j, d = np.concatenate(nearest), np.concatenate(dist)
+    finite = np.isfinite(d)  # a bank made of one photo's rows leaves that photo's patches nothing to match
+    j, d = j[finite], d[finite]
+    typical = float(np.median(d)) if len(d) else 1.0
+    typical = typical if typical > 0 else 1.0
+    count = np.bincount(j, minlength=len(rows))
+    total = np.bincount(j, weights=d, minlength=len(rows))
+    return ((total + HELD_OUT_SHRINK * typical) / (count + HELD_OUT_SHRINK)).astype(np.float32)
+
+
 def build_bank(
     train_feats: np.ndarray,
     val_feats: np.ndarray,
     hw: tuple[int, int],
     recipe: BankRecipe = BankRecipe(),
     keep: np.ndarray | None = None,
+    source: np.ndarray | None = None,
 ) -> Bank:
     """Coreset bank from good training patches; scales from good validation crops (never test).
 
     The scales make the patch and global terms comparable: each is divided by the median of its value on good
     validation crops (the patch term as Bank.score computes it, on an `hw` map blurred by recipe.sigma), so the
     combined score is "how many times further from good than a typical good crop". `keep` reuses a selection
-    (coreset_keep) instead of making a new one.
+    (coreset_keep) instead of making a new one. `source`: the photo behind each training grid (bank_views), so a
+    calibrated bank never measures a photo's patches against rows from its own augmented copies.
     """
     fine, coarse = split_grid(train_feats, recipe)
-    d = fine.shape[-1]
+    n, h, w, d = fine.shape
     patches = fine.reshape(-1, d)
+    source = np.arange(n) if source is None else np.asarray(source)
     if keep is None:
         keep = coreset_keep(train_feats, recipe)
     fine_keep, coarse_keep = split_keep(keep, len(patches))
     images = np.stack([global_embedding(f) for f in fine])
     kept = patches[fine_keep]
-    spacing = row_spacing(kept) if recipe.distance == "relative" else None
+    spacing = None
+    if recipe.distance == "relative":
+        spacing = row_spacing(kept)
+    elif recipe.distance == "calibrated":
+        spacing = held_out_row_scales(kept, source[fine_keep // (h * w)], fine, source)
     bank = Bank(
         patches=kept,
         images=images,
         global_weight=recipe.global_weight,
         patch_spacing=spacing,
+        scaling=recipe.distance if recipe.distance in ROW_SCALED else "relative",
         peak=recipe.peak,
     )
     stage = None
     if coarse is not None:
+        coarse_rows = coarse.reshape(-1, coarse.shape[-1])[coarse_keep]
+        coarse_scale = None
+        if recipe.distance == "calibrated":
+            cells = coarse_cells(h, w, recipe.coarse_step)
+            coarse_scale = held_out_row_scales(coarse_rows, source[coarse_keep // cells], coarse, source)
         stage = CoarseBank(
-            patches=coarse.reshape(-1, coarse.shape[-1])[coarse_keep],
+            patches=coarse_rows,
             channels=recipe.coarse_channels,
             step=recipe.coarse_step,
             weight=recipe.coarse_weight,
+            row_scale=coarse_scale,
         )
     if len(val_feats) == 0:
         log.warning("no validation images: bank scales left at 1.0")

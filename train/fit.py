@@ -440,7 +440,7 @@ def knn_cli_main(args, method: str) -> int:
             cae_run=getattr(args, "cae_run", None) or "",
             coreset_fraction=getattr(args, "coreset", 0.01),
             global_weight=getattr(args, "global_weight", 0.0),
-            distance=getattr(args, "distance", "euclidean"),
+            distance=getattr(args, "distance", None) or KnnFitConfig.distance,
             bank_augment=getattr(args, "bank_augment", 0),
             coarse_weight=getattr(args, "coarse_weight", None),
             backbone=getattr(args, "backbone", "") or "",
