@@ -20,7 +20,7 @@ the rim). PatchCore reweights its scores for the same reason. Measured on dsm100
 on average over five coreset selections (-0.019 to +0.032), inside their noise, so it is an option, not the
 default.
 
-`distance = "calibrated"` (the default since stop 16) divides by a row scale measured on held-out good patches
+`distance = "calibrated"` (the default for new runs) divides by a row scale measured on held-out good patches
 instead: each training photo's patches are matched to the bank without the rows that came from that photo, and a
 row's scale is the mean distance of the held-out patches it was nearest to (shrunk towards the median of all of
 them, so a row that few patches reach keeps a typical scale). Why: a row's spacing says how sparse the bank is
@@ -70,7 +70,8 @@ def nn_distances(
     skip_self: bool = False,
 ) -> np.ndarray:
     """Distance of each query row to its nearest bank row; with `row_scale` (M,), the distance to bank row j is
-    divided by row_scale[j] first (the "relative" and "calibrated" distances). `skip_self` (query is bank) ignores each row itself.
+    divided by row_scale[j] first (the "relative" and "calibrated" distances). `skip_self` (query is bank) ignores
+    each row itself.
 
     |q - b|^2 = |q|^2 - 2 q.b + |b|^2, evaluated in bank chunks so memory stays at (N x chunk) floats: 784
     patches x 512 is 1.6 MB and fits the cache (784 x 4814 x 152 on one thread, in one run: chunks of 2048, 1024,
@@ -291,7 +292,9 @@ def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
             images = z["images"].astype(np.float32)
             spacing = z["patch_spacing"].astype(np.float32) if distance in ROW_SCALED else None
             coarse_rows = _rows(z["coarse"]) if coarse_meta is not None else None
-            coarse_scale = z["coarse_row_scale"].astype(np.float32) if "coarse_row_scale" in z.files else None
+            # a calibrated coarse stage's distances are in units of its rows' scales: without them, a wrong number
+            calibrated_coarse = coarse_meta is not None and distance == "calibrated"
+            coarse_scale = z["coarse_row_scale"].astype(np.float32) if calibrated_coarse else None
     except (ValueError, KeyError, OSError) as exc:
         raise UserError(f"{path}: not a memory bank ({exc})") from None
     if patches.ndim != 2 or patches.shape[1] != meta.get("dim", patches.shape[1]):

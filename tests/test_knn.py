@@ -484,6 +484,11 @@ def test_calibrated_coarse_stage_carries_its_row_scales_through_the_bundle(tmp_p
     assert back.score(val[0], (8, 8), 0.0)[0] == pytest.approx(bank.score(val[0], (8, 8), 0.0)[0], rel=1e-2)
     # held-out scoring drops an image's coarse rows together with their scales
     assert held_out_train_scores(bank, feats, keep, (8, 8), sigma=0.0).shape == (6,)
+    unscaled = replace(
+        bank, coarse=replace(bank.coarse, row_scale=None)
+    )  # a calibrated bank needs both scales
+    with pytest.raises(UserError, match="not a memory bank.*coarse_row_scale"):
+        load_bank(tmp_path, save_bank(tmp_path, unscaled))
     broken = replace(bank, coarse=replace(bank.coarse, row_scale=-bank.coarse.row_scale))
     with pytest.raises(UserError, match="coarse_row_scale must hold one positive number per coarse row"):
         load_bank(tmp_path, save_bank(tmp_path, broken))

@@ -229,9 +229,9 @@ def _select(grids: np.ndarray, fraction: float, recipe: BankRecipe) -> np.ndarra
     return greedy_coreset(patches, n, seed=recipe.seed)
 
 
-HELD_OUT_SHRINK = (
-    10.0  # pseudo-patches at the median held-out distance that each row's scale is averaged with
-)
+# pseudo-patches at the median held-out distance that each row's scale is averaged with (not tuned: a row needs a
+# few dozen patches before its own mean dominates)
+HELD_OUT_SHRINK = 10.0
 
 
 def held_out_row_scales(
