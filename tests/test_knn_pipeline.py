@@ -37,16 +37,8 @@ def knn_run(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("knn_run") / "run"
     # the default distance (calibrated: its row scales must skip a photo's own augmented copies, in fit and in
     # convert) with augmented copies; cae-knn's test runs the relative distance and no copies
-    args = (
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(out),
-        "--image-size",
-        str(KNN_SIZE),
-        "--bank-augment",
-        "2",
-    )
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE),
+            "--bank-augment", "2")  # fmt: skip
     _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
     return out
 

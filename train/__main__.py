@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge.cli import OneLineParser, dispatch, run_main
+from edge.knn import DISTANCES
 
 
 def build_parser() -> OneLineParser:
@@ -66,7 +67,7 @@ def build_parser() -> OneLineParser:
     f.add_argument(
         "--distance",
         default="calibrated",
-        choices=["calibrated", "euclidean", "relative"],
+        choices=DISTANCES,
         help="knn: calibrated (default): the distance to each bank patch divided by how far held-out good patches "
         "that matched it usually are (+0.017 image AUROC on the presets, README); euclidean: the plain distance; "
         "relative: divided by the patch's distance to its nearest other bank patch (within noise, README)",
