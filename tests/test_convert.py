@@ -139,6 +139,23 @@ def test_parity_report_matches_an_independent_float_evaluation(tiny_bundle, tiny
     assert parity["score_spearman"] > 0.9  # quantization keeps the ranking of dishes
     assert 0 < parity["recon_mean_abs_diff"] < 0.05  # a few int8 steps, not a broken model
     assert parity["attempts"] and parity["attempts"][0]["quantization"]["type"] == "int8"
+    assert [a["chosen"] for a in parity["attempts"]].count(True) == 1
+    assert all(0 <= a["val_score_rel_diff"] < 0.5 for a in parity["attempts"])
+
+
+def test_convert_ships_the_attempt_whose_validation_scores_moved_least():
+    """Not the one with the smallest test AUROC loss: that would choose the shipped model on test labels."""
+    from types import SimpleNamespace
+
+    from convert.bundle_writer import choose_attempt
+    from convert.parity import score_rel_diff
+
+    assert score_rel_diff([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert score_rel_diff([1.0, 2.0], [1.1, 1.8]) == pytest.approx((0.1 / 1.0 + 0.2 / 2.0) / 2)
+    best_on_test = SimpleNamespace(val_drift=0.02, loss=0.0)
+    closest_on_val = SimpleNamespace(val_drift=0.01, loss=0.004)
+    assert choose_attempt([best_on_test, closest_on_val]) is closest_on_val
+    assert choose_attempt([best_on_test]) is best_on_test
 
 
 def test_same_decision_as_the_float_model_on_clear_cases(tiny_bundle, float_model, tiny_dataset):
