@@ -168,7 +168,8 @@ class Bank:
     # (M,) per-row scale the distance to each row is divided by: row_spacing (relative) or held-out distances
     # (calibrated, train.features.held_out_row_scales); None: Euclidean
     patch_spacing: np.ndarray | None = None
-    scaling: str = "relative"  # what patch_spacing holds, when it is set: "relative" or "calibrated"
+    # the DISTANCES name of what patch_spacing holds ("relative" or "calibrated"); read only when it is set
+    scaling: str = "relative"
     # the patch term: the anomaly map's peak ("map") or the largest raw patch score ("patch", format 1)
     peak: str = "map"
     coarse: CoarseBank | None = None  # the context stage (module docstring); None: the grid is all fine
@@ -318,7 +319,7 @@ def load_bank(bundle_dir: str | Path, meta: dict) -> Bank:
         image_scale=float(meta.get("image_scale", 1.0)),
         global_weight=float(meta.get("global_weight", 1.0)),
         patch_spacing=spacing,
-        scaling=distance if distance in ROW_SCALED else "relative",
+        scaling=distance,
         peak=peak,
         coarse=coarse,
     )

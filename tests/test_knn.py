@@ -104,8 +104,6 @@ def test_bank_round_trip_and_hash_refusal(tmp_path):
 
 
 def test_relative_bank_round_trip_and_refusals(tmp_path):
-    from dataclasses import replace
-
     bank = _bank(np.random.default_rng(13))
     relative = replace(bank, patch_spacing=row_spacing(bank.patches))
     meta = save_bank(tmp_path, relative)
@@ -311,8 +309,6 @@ def test_coarse_stage_map_is_the_weighted_mean_of_two_brute_force_maps():
 
 
 def test_coarse_bank_round_trip_and_refusals(tmp_path):
-    from dataclasses import replace
-
     rng = np.random.default_rng(22)
     bank = _coarse_bank(rng)
     meta = save_bank(tmp_path, bank)
@@ -340,8 +336,6 @@ def test_coarse_bank_round_trip_and_refusals(tmp_path):
 
 def test_coreset_and_held_out_scores_cover_the_coarse_stage():
     """One selection indexes fine patches, then coarse cells; a held-out image loses its own rows of both."""
-    from dataclasses import replace
-
     from train.features import BankRecipe, build_bank, coreset_keep, held_out_train_scores, patch_rows
 
     rng = np.random.default_rng(23)

@@ -17,16 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import (
-    DISTANCES,
-    PEAKS,
-    ROW_SCALED,
-    Bank,
-    CoarseBank,
-    global_embedding,
-    nn_distances,
-    row_spacing,
-)
+from edge.knn import DISTANCES, PEAKS, Bank, CoarseBank, global_embedding, nn_distances, row_spacing
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
@@ -303,7 +294,7 @@ def build_bank(
         images=images,
         global_weight=recipe.global_weight,
         patch_spacing=spacing,
-        scaling=recipe.distance if recipe.distance in ROW_SCALED else "relative",
+        scaling=recipe.distance,
         peak=recipe.peak,
     )
     stage = None
