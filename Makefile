@@ -80,8 +80,8 @@ bench-train: setup  ## training throughput (img/s) vs the machine's float32 boun
 # "Status"): `effnet-knn`, a memory bank of pretrained EfficientNet-Lite2 patch features at 224 px, no training,
 # with a coarse bank of its first stride-32 block averaged in, each bank row's distance divided by its held-out
 # good distance (fit --backbone, --coarse-weight, --distance calibrated: the defaults).
-# A 2 % coreset of dsm100's training patches is about 4 800 patches (1.6 MB of float16): the numpy search stays
-# within the device's 40 ms per crop on one thread (18 ms end to end measured); a 5 % bank scored within the
+# A 2 % coreset of dsm100's training patches is about 4 800 patches (1.6 MB of float16), searched on the device by
+# convert's int8 search.tflite (convert --search; README "The search model"); a 5 % bank scored within the
 # coreset's seed noise of the 2 % one (image AUROC 0.786-0.795 vs 0.784-0.804) for 2.5x the search.
 KNN_IMAGE_SIZE = $(or $(IMAGE_SIZE),224)
 KNN_CORESET = $(or $(CORESET),0.02)

@@ -285,6 +285,46 @@ def _temp_bundle(folder: Path, flat: bytes, size: int) -> Path:
     return folder
 
 
+def _numpy_search_copy(bundle: Path, folder: Path) -> Path | None:
+    """The bundle without its search model (the device then searches in numpy, as `convert --search numpy`
+    bundles do); None when the bundle has none."""
+    import shutil
+
+    from edge.bundle import JSON_FILE
+    from edge.search import SEARCH_FILE
+
+    data = json.loads((bundle / JSON_FILE).read_text())
+    if data["score"]["params"]["bank"].pop("search", None) is None:
+        return None
+    shutil.copytree(bundle, folder, ignore=shutil.ignore_patterns(SEARCH_FILE))
+    (folder / JSON_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    return folder
+
+
+def search_side_by_side(bundle: Path, folder: Path, runs: int, warmup: int, turns: int = 3) -> dict | None:
+    """End-to-end ms of the bundle with its search model and of the same bundle searching in numpy, probes in
+    alternating turns (a shared, noisy machine drifts; turns keep the two comparable): medians and their ratio."""
+    plain = _numpy_search_copy(bundle, folder)
+    if plain is None:
+        return None
+    out = {}
+    for t in THREADS:
+        model, numpy_ = [], []
+        for _ in range(turns):
+            model.append(scorer_probe(bundle, t, runs, warmup))
+            numpy_.append(scorer_probe(plain, t, runs, warmup))
+        m = [p["median_score_ms"] for p in model]
+        n = [p["median_score_ms"] for p in numpy_]
+        out[str(t)] = {
+            "search_model_ms": m,
+            "numpy_search_ms": n,
+            "ratio_model_numpy": round(float(np.median(m) / np.median(n)), 3),
+            "search_model_rss_mb": [p["peak_rss_mb"] for p in model],
+            "numpy_search_rss_mb": [p["peak_rss_mb"] for p in numpy_],
+        }
+    return out
+
+
 def _shown(path: Path) -> str:
     """A path relative to the repo when inside it (results files are committed)."""
     path = path.resolve()
@@ -423,6 +463,10 @@ def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs:
                 + cells * coarse.get("patches", 0) * coarse.get("dim", 0),
             }
             sec["scorer_process"] = {str(t): scorer_probe(bundle_dir, t, runs, warmup) for t in THREADS}
+            sec["search"] = bank.get("search", {}).get("quantization", "numpy")
+            sec["search_side_by_side"] = search_side_by_side(
+                bundle_dir, folder / "numpy_search", runs, warmup
+            )
             result["effnet"] = sec
     result["machine"]["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
@@ -456,7 +500,16 @@ def _model_table(m: str, s: dict, runs: int, warmup: int) -> list[str]:
         lines.append(
             f"kNN search: {k['grid'][0]}x{k['grid'][1]} patches x {k['patches']} bank rows x {k['dim']} dims "
             f"+ coarse cells x {k.get('coarse_patches', 0)} rows x {k.get('coarse_dim', 0)} dims "
-            f"= {k['macs'] / 1e9:.3f} GMAC per crop (numpy float32)"
+            f"= {k['macs'] / 1e9:.3f} GMAC per crop (fine search: {s.get('search', 'numpy')})"
+        )
+    for t, c in (s.get("search_side_by_side") or {}).items():
+        lines.append(
+            f"{t} thread(s), end to end in turns: search model "
+            + "/".join(f"{v:.1f}" for v in c["search_model_ms"])
+            + " ms vs numpy search "
+            + "/".join(f"{v:.1f}" for v in c["numpy_search_ms"])
+            + f" ms (ratio of medians {c['ratio_model_numpy']:.2f}); peak RSS "
+            f"{np.median(c['search_model_rss_mb']):.1f} vs {np.median(c['numpy_search_rss_mb']):.1f} MB"
         )
     for t, p in s["scorer_process"].items():
         lines.append(

@@ -9,6 +9,7 @@ from edge.cli import OneLineParser, run_main, setup_logging
 
 
 def build_parser() -> OneLineParser:
+    from convert.search import SEARCHES
     from convert.tflite import DEFAULT_REPRESENTATIVE, IO_TYPES, QUANTS
 
     p = OneLineParser(
@@ -31,6 +32,12 @@ def build_parser() -> OneLineParser:
         default=DEFAULT_REPRESENTATIVE,
         help=f"int8 only: calibration images drawn from train (default {DEFAULT_REPRESENTATIVE})",
     )
+    p.add_argument(
+        "--search",
+        default="int8",
+        choices=SEARCHES,
+        help="kNN bundles: the bank search as an int8 (default) or float32 search.tflite, or numpy on the device",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the representative draw and augmentation")
     p.add_argument("--name", help="bundle name (default: the --out folder's name)")
     return p
@@ -42,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from convert.bundle_writer import build_bundle
     from convert.tflite import ConvertOptions
 
-    opts = ConvertOptions(quant=args.quant, io=args.io, representative=args.representative, seed=args.seed)
+    opts = ConvertOptions(
+        quant=args.quant, io=args.io, representative=args.representative, seed=args.seed, search=args.search
+    )
     build_bundle(args.model, args.data, args.out, opts.validate(), name=args.name)
     return 0
 

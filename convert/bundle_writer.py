@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.parity import AUROC_TOLERANCE, format_report, parity_report, score_rel_diff
+from convert.search import search_model
 from convert.tflite import ConvertOptions, convert_model, representative_images
 from edge import scoring
 from edge.bundle import (
@@ -44,9 +45,10 @@ from edge.bundle import (
     write_bundle_json,
 )
 from edge.errors import UserError
-from edge.knn import DISTANCES, Bank, save_bank
+from edge.knn import DISTANCES, Bank, load_bank, save_bank
 from edge.preprocess import InputSpec
 from edge.scorer import ModelRunner, Scorer
+from edge.search import SEARCH_FILE, search_entry
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,10 @@ class KnnSource:
 
 
 def _stage(
-    staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None
+    staging: Path, flat: bytes, base: dict, knn: KnnSource | None = None, search: str = "numpy"
 ) -> tuple[Scorer, KnnSource | None]:
-    """Write the model (and a kNN bank) and a provisional bundle.json into staging; load it as the device would.
+    """Write the model (and a kNN bank, and its `search` model unless "numpy") and a provisional bundle.json
+    into staging; load it as the device would.
 
     Returns the Scorer and, for kNN, the source with its bank built.
     """
@@ -137,10 +140,20 @@ def _stage(
     interp = load_interpreter(path, threads=2)
     in_t = _tensor_info(interp.get_input_details()[0])
     out_t = _tensor_info(interp.get_output_details()[0])
+    grid = interp.get_output_details()[0]["shape"][1:3]  # the feature grid's (h, w): one search query a cell
     score = base["score"]
+    (staging / SEARCH_FILE).unlink(missing_ok=True)
     if knn is not None:
         knn = knn.build(ModelRunner(path, in_t, out_t, 2, "converted model"))
-        score = {**score, "params": {**score["params"], "bank": save_bank(staging, knn.bank)}}
+        bank_meta = save_bank(staging, knn.bank)
+        if search != "numpy":
+            # built from the rows as the device reads them (bank.npz keeps them in float16)
+            rows = load_bank(staging, bank_meta)
+            queries = int(np.prod(grid))
+            model = search_model(rows.patches, rows.patch_spacing, queries, search)
+            (staging / SEARCH_FILE).write_bytes(model)
+            bank_meta["search"] = search_entry(model, search, queries)
+        score = {**score, "params": {**score["params"], "bank": bank_meta}}
     data = {
         **base,
         "input": {**base["input"], **in_t.to_json()},
@@ -273,7 +286,7 @@ def _convert_and_measure(
         else None
     )
     flat = convert_model(model, opts, rep)
-    scorer, knn = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn)
+    scorer, knn = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn, opts.search)
     val_scores = _score_split(scorer, val_good)[0]
     anom_scores = _score_split(scorer, val_anom)[0] if len(val_anom.x) else None
     if knn is None:
@@ -281,7 +294,7 @@ def _convert_and_measure(
     else:
         b = scorer.bundle
         cal = calibrate_knn(
-            knn.bank,
+            scorer.bank,  # the bank as the device loads it, searched as the device searches it
             knn.train_feats,
             knn.keep,
             val_scores,
@@ -487,7 +500,9 @@ def build_bundle(
                 "; ".join(json.dumps(a["quantization"]) for a in parity["attempts"]),
             )
         cal = best.calibration
-        scorer = _stage(staging, best.flat, {**base, "quantization": best.opts.to_json()}, best.knn)[0]
+        scorer = _stage(
+            staging, best.flat, {**base, "quantization": best.opts.to_json()}, best.knn, best.opts.search
+        )[0]
         model_name = f"{bundle_name} ({best.opts.quant}, tflite)"
         data_json = {
             **scorer.bundle.raw,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.search import SEARCHES
 from edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,17 @@ class ConvertOptions:
     seed: int = 0
     # int8 only: float32 output tensor, dequantized inside the model (kNN feature grids; see bundle_writer)
     float_output: bool = False
+    # kNN bundles: the fine bank's search as search.tflite ("int8", "float32") or in numpy on the device
+    # ("numpy"); convert.search says why
+    search: str = "int8"
 
     def validate(self) -> ConvertOptions:
         if self.quant not in QUANTS:
             raise UserError(f"--quant {self.quant!r}: choose from {', '.join(QUANTS)}")
         if self.io not in IO_TYPES:
             raise UserError(f"--io {self.io!r}: choose from {', '.join(IO_TYPES)}")
+        if self.search not in SEARCHES:
+            raise UserError(f"--search {self.search!r}: choose from {', '.join(SEARCHES)}")
         if self.representative < 1:
             raise UserError(f"--representative {self.representative}: must be at least 1")
         return self

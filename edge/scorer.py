@@ -172,7 +172,8 @@ class Scorer:
         where = f"bundle {Path(bundle_dir)}"
         b = self.bundle
         # the bank is verified like the model, before anything is loaded into an interpreter
-        self.bank = load_bank(b.path, b.score_params["bank"]) if b.score_method in KNN_METHODS else None
+        knn = b.score_method in KNN_METHODS
+        self.bank = load_bank(b.path, b.score_params["bank"], threads) if knn else None
         self._runner = ModelRunner(b.model_path, b.input_tensor, b.output_tensor, threads, where)
         self._interp = self._runner.interp
         self._in, self._out = self._runner.input_details, self._runner.output_details
@@ -180,6 +181,12 @@ class Scorer:
         want = [1, spec.height, spec.width, spec.channels]
         self._check_tensor(where, "input", self._in, b.input_tensor, want)
         self._check_tensor(where, "output", self._out, b.output_tensor, self._output_shape(want))
+        search = None if self.bank is None else self.bank.search
+        if search is not None and int(np.prod(self._out["shape"][1:3])) != search.queries:
+            raise UserError(
+                f"{where}: search.tflite takes {search.queries} patches, the model's grid has "
+                f"{int(np.prod(self._out['shape'][1:3]))}"
+            )
         self._lock = threading.Lock()
         log.info(
             "%s loaded: %s, %s, %s, threshold %.6g, sha256 %s",
@@ -220,12 +227,14 @@ class Scorer:
     def score_input(self, img_u8: np.ndarray) -> tuple[float, np.ndarray, float]:
         """(score, anomaly map at the model's resolution, inference ms) of a model-sized uint8 image."""
         b = self.bundle
-        x, out, ms = self.reconstruct(img_u8)
         if self.bank is None:
+            x, out, ms = self.reconstruct(img_u8)
             score, amap = score_reconstruction(x, out, b.score_method, b.score_params)
         else:
             hw = (b.input.height, b.input.width)
-            score, amap = self.bank.score(out, hw, sigma=float(b.score_params.get("sigma", 4.0)))
+            with self._lock:  # the bank's search model is an interpreter too
+                out, ms = self._runner.run(img_u8)[1:]
+                score, amap = self.bank.score(out, hw, sigma=float(b.score_params.get("sigma", 4.0)))
         return float(score), amap, ms
 
     def score(self, bgr: np.ndarray) -> ScoreResult:

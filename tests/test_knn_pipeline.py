@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,10 @@ def test_bundle_ships_a_bank_rebuilt_from_the_converted_model(knn_bundle, knn_ru
     run_meta = json.loads((knn_run / "config.json").read_text())["score"]["params"]["bank"]
     assert meta["sha256"] != run_meta["sha256"]  # the int8 model's features, not the float run's
     assert meta["distance"] == run_meta["distance"] == "calibrated"  # carried from run to bundle
+    # the fine search ships as an int8 model over the bank's rows, one query per cell of the 8x8 grid
+    search = meta["search"]
+    assert search["file"] == "search.tflite" and search["quantization"] == "int8" and search["queries"] == 64
+    assert hashlib.sha256((knn_bundle / "search.tflite").read_bytes()).hexdigest() == search["sha256"]
     assert b["format"] == 2
     assert b["calibration"]["on"] == "converted model"
     assert b["calibration"]["split"] == "val+train-held-out"
@@ -140,6 +145,27 @@ def test_bundle_refuses_a_tampered_bank(knn_bundle, tiny_dataset, tmp_path):
     assert_one_line_error(run_cli("edge", "score", "--bundle", str(copy), str(img)), "bank.npz", "sha256")
     (copy / "bank.npz").unlink()
     assert_one_line_error(run_cli("edge", "score", "--bundle", str(copy), str(img)), "bank.npz")
+    shutil.copy(knn_bundle / "bank.npz", copy / "bank.npz")
+    data = bytearray((copy / "search.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "search.tflite").write_bytes(bytes(data))
+    assert_one_line_error(
+        run_cli("edge", "score", "--bundle", str(copy), str(img)), "search.tflite", "sha256"
+    )
+
+
+def test_bundle_search_model_scores_as_the_numpy_search_does(knn_bundle, tiny_dataset):
+    """The device's int8 search and the numpy search it replaced give the same scores and decisions."""
+    from edge.preprocess import read_image
+    from edge.scorer import Scorer
+
+    scorer = Scorer(knn_bundle, threads=1)
+    assert scorer.bank.search is not None
+    images = [read_image(p) for p in _images(tiny_dataset, "test")]  # good and defective
+    with_model = np.array([r.score for r in scorer.score_batch(images)])
+    scorer.bank = replace(scorer.bank, search=None)
+    in_numpy = np.array([r.score for r in scorer.score_batch(images)])
+    np.testing.assert_allclose(with_model, in_numpy, rtol=0.01)
 
 
 SCORE_TF_FREE = textwrap.dedent(

@@ -17,7 +17,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.knn import DISTANCES, PEAKS, Bank, CoarseBank, global_embedding, nn_distances, row_spacing
+from edge.knn import (
+    DISTANCES,
+    PEAKS,
+    Bank,
+    CoarseBank,
+    global_embedding,
+    nn_distances,
+    row_spacing,
+    snap_scales,
+)
 from train.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
@@ -237,18 +246,12 @@ def held_out_row_scales(
     "calibrated" bank divides by (edge.knn module docstring): a new good patch of that kind lands about 1.0 away.
     """
     rows = np.asarray(rows, np.float32)
-    row_image, grid_image = np.asarray(row_image), np.asarray(grid_image)
-    r2 = np.einsum("ij,ij->i", rows, rows)
+    row_image = np.asarray(row_image)
     nearest, dist = [], []
-    for g, photo in zip(grids, grid_image, strict=True):
-        q = np.asarray(g, np.float32).reshape(-1, rows.shape[1])
-        d2 = q @ rows.T
-        d2 *= -2.0
-        d2 += r2[None, :]
-        d2[:, row_image == photo] = np.inf
-        j = d2.argmin(axis=1)
+    for g, photo in zip(grids, np.asarray(grid_image), strict=True):
+        d, j = nn_distances(g.reshape(-1, rows.shape[1]), rows, exclude=row_image == photo, return_index=True)
         nearest.append(j)
-        dist.append(np.sqrt(np.maximum(d2[np.arange(len(q)), j] + np.einsum("ij,ij->i", q, q), 0.0)))
+        dist.append(d)
     j, d = np.concatenate(nearest), np.concatenate(dist)
     finite = np.isfinite(d)  # a bank made of one photo's rows leaves that photo's patches nothing to match
     j, d = j[finite], d[finite]
@@ -286,9 +289,9 @@ def build_bank(
     kept = patches[fine_keep]
     spacing = None
     if recipe.distance == "relative":
-        spacing = row_spacing(kept)
+        spacing = snap_scales(row_spacing(kept))
     elif recipe.distance == "calibrated":
-        spacing = held_out_row_scales(kept, source[fine_keep // (h * w)], fine, source)
+        spacing = snap_scales(held_out_row_scales(kept, source[fine_keep // (h * w)], fine, source))
     bank = Bank(
         patches=kept,
         images=images,
