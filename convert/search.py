@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 512  # rows per fully connected layer at most: its (N x CHUNK) output is the model's largest tensor
 MAX_LEVELS = 64  # distinct row scales one model takes (edge.knn.snap_scales makes about 20)
-SEARCHES = ("int8", "float32", "numpy")  # convert --search; "numpy": no search.tflite, the device searches in numpy
+SEARCHES = (
+    "int8",
+    "float32",
+    "numpy",
+)  # convert --search; "numpy": no search.tflite, the device searches in numpy
 
 
 def search_model(

@@ -126,5 +126,3 @@ def test_bundle_bank_loads_its_search_model_and_refuses_a_tampered_one(tmp_path)
     # a search model made for another grid (or another feature size) is refused by its shapes, not used
     with pytest.raises(UserError, match=r"not \(49, 24\) patch rows"):
         load_bank(tmp_path, {**meta, "search": search_entry(flat, "int8", 49)})
-
-
