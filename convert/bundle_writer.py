@@ -162,7 +162,7 @@ def _stage(
         "sha256": sha256_file(path),
     }
     write_bundle_json(staging, data)
-    return Scorer(staging, threads=2), knn
+    return Scorer(staging, threads=2, bank_rows=True), knn  # the held-out calibration searches the rows
 
 
 def choose_attempt(tried: list) -> Conversion:

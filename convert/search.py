@@ -33,7 +33,9 @@ from edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 512  # rows per fully connected layer at most: its (N x CHUNK) output is the model's largest tensor
+# rows per fully connected layer at most: its (N x CHUNK) output is the model's largest tensor. 256 rather than 512:
+# 0.7 MB less memory at the same speed (4.96 vs 4.88 ms; 128: 6.2 ms), one thread, the default bank
+CHUNK = 256
 MAX_LEVELS = 64  # distinct row scales one model takes (edge.knn.snap_scales makes about 20)
 SEARCHES = (
     "int8",

@@ -4,13 +4,14 @@ The backbone runs as int8 TFLite and outputs a grid of patch features; the searc
 thousand vectors is one matrix product per crop. The bank ships in the bundle as `bank.npz` with its sha256
 checked like the model's. Here the search is numpy (exact; the reference, and what training and bundles without a
 search model use); a bundle made by today's convert also carries the fine bank's search as an int8 TFLite model
-(`search.tflite`, edge.search), which Bank.score uses in its place: 3.6x faster on one thread (README).
+(`search.tflite`, edge.search), which Bank.score uses in its place: on one thread the search takes 4.8 ms instead
+of 19, a crop end to end 16.0 ms instead of 30 (README, "Speed and memory").
 
 Scores are Euclidean distances: a patch's score is the distance to its nearest good patch; the anomaly map is
 the patch scores brought to the crop's size and blurred; the image's patch score is the map's peak (one bad spot
 is enough), so the number compared with the threshold is the top of the heat map the kitchen sees, and a flagged
 crop always has a region above the threshold. (Format-1 bundles took the largest raw patch score, `peak =
-"patch"`; the map's peak was +0.020 image AUROC on dsm100, better on each of four coreset selections, README.)
+"patch"`; the map's peak was +0.020 image AUROC on dsm100, better on each of four coreset selections, docs/measurements.md.)
 The global score is the distance of the crop's mean feature to the nearest good image's mean feature (a dish that
 is not on the menu shifts everything a little).
 
@@ -18,7 +19,7 @@ is not on the menu shifts everything a little).
 other bank row) before taking the minimum. Why: good patches are not spread evenly: a plain steel rim is a dense
 cluster, a garnish's texture is sparse. An absolute distance that is ordinary in a sparse region is large in a
 dense one, so one threshold over-flags rare good textures and under-flags small changes to common ones (a hair on
-the rim). PatchCore reweights its scores for the same reason. Measured on dsm100 (README): +0.009 image AUROC
+the rim). PatchCore reweights its scores for the same reason. Measured on dsm100 (docs/measurements.md): +0.009 image AUROC
 on average over five coreset selections (-0.019 to +0.032), inside their noise, so it is an option, not the
 default.
 
@@ -28,7 +29,7 @@ row's scale is the mean distance of the held-out patches it was nearest to (shru
 them, so a row that few patches reach keeps a typical scale). Why: a row's spacing says how sparse the bank is
 there, not how far a new good patch of that kind lands; the held-out distance is that number, so the ratio reads
 "how unusual is this distance for a patch that looks like this". Food re-rendered on every plate gets a large
-scale, a clean rim a small one, and a chip or a spill on the rim stands out. Measured (README): +0.019 image AUROC
+scale, a clean rim a small one, and a chip or a spill on the rim stands out. Measured (docs/measurements.md): +0.019 image AUROC
 on dsm100 and +0.014 on dsm50, better on each of six coreset selections; chipped plates +0.08. The coarse stage
 carries its own row scales, made the same way. On the device it is the same arithmetic as "relative".
 
@@ -36,7 +37,7 @@ A **coarse stage** (`Bank.coarse`, an extension of bundle format 2): a second, s
 (the backbone's first stride-32 block, a 7x7 grid at 224 px) whose map is averaged with the fine one. Why: a
 stride-8 patch sees a few millimetres of food or rim, so a dish served on another menu dish's plate, or a
 combination of components that are each on the menu, is made of patches the fine bank knows; a stride-32 cell
-sees a quarter of the plate with what lies on it. Measured on dsm100, int8 (README): pixel AUROC 0.80 -> 0.88,
+sees a quarter of the plate with what lies on it. Measured on dsm100, int8 (docs/measurements.md): pixel AUROC 0.80 -> 0.88,
 wrong-plate image AUROC 0.86 -> 0.98, image AUROC 0.813 -> 0.821 (within the coreset noise). The model appends the coarse stage's channels to its grid, nearest-upsampled (each coarse cell a
 step x step block), so one output tensor carries both and the device reads every step-th cell.
 """
@@ -46,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,7 +93,7 @@ def nn_distances(
     for start in range(0, bank.shape[0], chunk):
         b = np.asarray(bank[start : start + chunk], dtype=np.float32)
         # in place on the one (N x chunk) product: the temporaries of `q2 - 2 q.b + b2` cost more than the
-        # matrix product itself (measured, README)
+        # matrix product itself (measured, docs/measurements.md)
         d2 = q_minus2 @ b.T
         d2 += np.einsum("ij,ij->i", b, b)[None, :]
         # a ratio needs the whole squared distance; otherwise |q|^2 can wait until after the min
@@ -125,8 +127,8 @@ def snap_scales(scales: np.ndarray, step: float = SCALE_STEP) -> np.ndarray:
     Why: rows that share a scale can be searched as one block whose distances are divided once, after the row
     minimum; that is how the search model (convert.search) avoids a per-row pass over the (patches x rows)
     product, which cost 14 MB of memory. The default bank's scales span 1.4x, so 18 levels; image AUROC 0.881
-    with and without snapping, scores within 0.1 % (dsm100, float, README). Stored snapped in bank.npz, so the
-    numpy search and the model compute the same distances.
+    with and without snapping, scores within 0.1 % (dsm100, float; README "The search model"). Stored snapped in
+    bank.npz, so the numpy search and the model compute the same distances.
     """
     s = np.asarray(scales, np.float64)
     return np.power(step, np.round(np.log(s) / np.log(step))).astype(np.float32)
@@ -206,7 +208,7 @@ class Bank:
     exclude: np.ndarray | None = None
     # the fine search as a TFLite model over exactly these rows and scales (edge.search.TfliteSearch, a bundle's
     # search.tflite); None: nn_distances in numpy
-    search: object | None = None
+    search: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def distance(self) -> str:
@@ -222,8 +224,8 @@ class Bank:
         self, rows: np.ndarray, images: np.ndarray | None = None, coarse_rows: np.ndarray | None = None
     ) -> Bank:
         """The bank minus patch rows, image embeddings and coarse rows (boolean masks of what to drop):
-        held-out scoring. Fine rows are skipped rather than removed, so a search model built over every row
-        (`search`) scores the held-out bank exactly as the numpy search does."""
+        held-out scoring. Fine rows are masked (`exclude`) rather than removed, so the rows keep their order
+        and the bank its search model; a masked bank is searched in numpy (fine_distances)."""
         skip = np.asarray(rows, dtype=bool)
         skip = skip if self.exclude is None else skip | self.exclude
         embeddings = self.images if images is None else self.images[~np.asarray(images, dtype=bool)]
@@ -239,6 +241,10 @@ class Bank:
         bundle has one."""
         if self.search is not None and self.exclude is None:  # a model cannot skip rows: held-out is numpy
             return self.search(rows)
+        if not len(self.patches):
+            raise ValueError(
+                "bank loaded without its fine rows (load_bank rows=False): a numpy search needs them"
+            )
         return nn_distances(rows, self.patches, row_scale=self.patch_spacing, exclude=self.exclude)
 
     def score(
@@ -305,9 +311,13 @@ def save_bank(bundle_dir: str | Path, bank: Bank, dtype: str = "float16") -> dic
     return entry
 
 
-def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1) -> Bank:
+def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1, rows: bool = True) -> Bank:
     """Read and verify a bundle's bank (and its search model, run on `threads`); a missing file or a hash
-    mismatch is a one-line UserError."""
+    mismatch is a one-line UserError.
+
+    `rows=False` (the device): when the bank has a search model, which holds the fine rows itself, they stay in
+    bank.npz instead of in memory (1.6 MB of the scorer's peak RSS, measured); only held-out scoring needs them.
+    """
     path = Path(bundle_dir) / str(meta.get("file", BANK_FILE))
     try:
         data = path.read_bytes()
@@ -327,9 +337,15 @@ def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1) -> Bank:
     if peak not in PEAKS:
         raise UserError(f"{path}: bundle.json bank `peak` {peak!r} is not one of {', '.join(PEAKS)}")
     coarse_meta = meta.get("coarse")
+    searched = meta.get("search") is not None
     try:
         with np.load(io.BytesIO(data)) as z:
-            patches = _rows(z["patches"])
+            if rows or not searched:
+                patches = _rows(z["patches"])
+                n_rows = len(patches)
+            else:  # the search model holds them
+                n_rows, dim = _stored_shape(z, "patches")
+                patches = np.zeros((0, dim), np.float16)
             images = z["images"].astype(np.float32)
             spacing = z["patch_spacing"].astype(np.float32) if distance in ROW_SCALED else None
             coarse_rows = _rows(z["coarse"]) if coarse_meta is not None else None
@@ -342,8 +358,8 @@ def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1) -> Bank:
         raise UserError(
             f"{path}: bank shape {patches.shape} does not match bundle.json dim {meta.get('dim')}"
         )
-    if spacing is not None and not _row_scales_ok(spacing, len(patches)):
-        raise UserError(f"{path}: patch_spacing must hold one positive number per bank row ({len(patches)})")
+    if spacing is not None and not _row_scales_ok(spacing, n_rows):
+        raise UserError(f"{path}: patch_spacing must hold one positive number per bank row ({n_rows})")
     coarse = None
     if coarse_rows is not None:
         coarse = _coarse_stage(path, coarse_meta, coarse_rows, patches, peak)
@@ -353,7 +369,7 @@ def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1) -> Bank:
             )
         coarse = replace(coarse, row_scale=coarse_scale)
     search = None
-    if meta.get("search") is not None:
+    if searched:
         from edge.search import load_search
 
         search = load_search(bundle_dir, meta["search"], patches.shape[1], threads)
@@ -369,6 +385,19 @@ def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1) -> Bank:
         coarse=coarse,
         search=search,
     )
+
+
+def _stored_shape(z, key: str) -> tuple[int, int]:
+    """(rows, dim) of a bank.npz array from its .npy header alone, without reading the rows."""
+    with z.zip.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape = header(f)[0]
+    if len(shape) != 2:
+        raise ValueError(f"{key} has shape {shape}, not (rows, dim)")
+    return int(shape[0]), int(shape[1])
 
 
 def _row_scales_ok(scales: np.ndarray, rows: int) -> bool:

@@ -167,13 +167,15 @@ class ModelRunner:
 class Scorer:
     """A verified bundle loaded into a TFLite interpreter (and, for a kNN method, its verified memory bank)."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int = 2) -> None:
+    def __init__(self, bundle_dir: str | Path, threads: int = 2, bank_rows: bool = False) -> None:
+        """`bank_rows`: keep the fine bank rows in memory even when its search model holds them (convert's
+        held-out calibration searches them in numpy; the device never does, edge.knn.load_bank)."""
         self.bundle: BundleInfo = read_bundle(bundle_dir)
         where = f"bundle {Path(bundle_dir)}"
         b = self.bundle
         # the bank is verified like the model, before anything is loaded into an interpreter
         knn = b.score_method in KNN_METHODS
-        self.bank = load_bank(b.path, b.score_params["bank"], threads) if knn else None
+        self.bank = load_bank(b.path, b.score_params["bank"], threads, rows=bank_rows) if knn else None
         self._runner = ModelRunner(b.model_path, b.input_tensor, b.output_tensor, threads, where)
         self._interp = self._runner.interp
         self._in, self._out = self._runner.input_details, self._runner.output_details

@@ -159,7 +159,7 @@ def test_bundle_search_model_scores_as_the_numpy_search_does(knn_bundle, tiny_da
     from edge.preprocess import read_image
     from edge.scorer import Scorer
 
-    scorer = Scorer(knn_bundle, threads=1)
+    scorer = Scorer(knn_bundle, threads=1, bank_rows=True)  # the rows, for the numpy search below
     assert scorer.bank.search is not None
     images = [read_image(p) for p in _images(tiny_dataset, "test")]  # good and defective
     with_model = np.array([r.score for r in scorer.score_batch(images)])

@@ -99,14 +99,19 @@ def test_held_out_scoring_searches_in_numpy_and_the_device_through_the_model(tmp
     assert device == pytest.approx(bank.score(train[0], (32, 32), sigma=2.0)[0], rel=1e-4)
 
 
-def test_bundle_bank_loads_its_search_model_and_refuses_a_tampered_one(tmp_path):
-    rng = np.random.default_rng(4)
+def _bundle_bank(folder, rng) -> tuple[Bank, dict, bytes]:
+    """A calibrated bank written as a bundle writes it: bank.npz, search.tflite and their bundle.json entry."""
     bank = Bank(patches=_rows(rng, ROWS), images=_rows(rng, 3), patch_spacing=_scales(rng, ROWS),
                 scaling="calibrated")  # fmt: skip
-    meta = save_bank(tmp_path, bank)
+    meta = save_bank(folder, bank)
     flat = search_model(bank.patches, bank.patch_spacing, QUERIES, "int8")
-    (tmp_path / SEARCH_FILE).write_bytes(flat)
-    meta["search"] = search_entry(flat, "int8", QUERIES)
+    (folder / SEARCH_FILE).write_bytes(flat)
+    return bank, {**meta, "search": search_entry(flat, "int8", QUERIES)}, flat
+
+
+def test_bundle_bank_loads_its_search_model_and_refuses_a_tampered_one(tmp_path):
+    rng = np.random.default_rng(4)
+    _, meta, flat = _bundle_bank(tmp_path, rng)
     loaded = load_bank(tmp_path, json.loads(json.dumps(meta)))
     assert isinstance(loaded.search, TfliteSearch) and loaded.search.queries == QUERIES
     grid = _rows(rng, QUERIES).reshape(8, 8, DIM)
@@ -126,3 +131,25 @@ def test_bundle_bank_loads_its_search_model_and_refuses_a_tampered_one(tmp_path)
     # a search model made for another grid (or another feature size) is refused by its shapes, not used
     with pytest.raises(UserError, match=r"not \(49, 24\) patch rows"):
         load_bank(tmp_path, {**meta, "search": search_entry(flat, "int8", 49)})
+
+
+def test_the_device_leaves_the_fine_rows_on_disk_when_the_search_model_holds_them(tmp_path):
+    rng = np.random.default_rng(5)
+    bank, meta, _ = _bundle_bank(tmp_path, rng)
+    device = load_bank(tmp_path, meta, rows=False)
+    assert device.patches.shape == (0, DIM) and device.dim == DIM
+    full = load_bank(tmp_path, meta)
+    assert full.patches.shape == (ROWS, DIM)
+    grid = _rows(rng, QUERIES).reshape(8, 8, DIM)
+    assert device.score(grid, (32, 32), sigma=2.0)[0] == full.score(grid, (32, 32), sigma=2.0)[0]
+    # held-out scoring needs the rows: a bank loaded without them says so instead of scoring against nothing
+    with pytest.raises(ValueError, match="without its fine rows .* a numpy search needs them"):
+        device.without(np.arange(ROWS) < 5).score(grid, (32, 32), sigma=2.0)
+    # and a bank without a search model keeps its rows whatever the caller asked
+    no_model = {k: v for k, v in meta.items() if k != "search"}
+    assert load_bank(tmp_path, no_model, rows=False).patches.shape == (ROWS, DIM)
+    # the row count behind the scales is still checked against the rows left on disk
+    short = replace(bank, patch_spacing=bank.patch_spacing[:-1])
+    meta_short = save_bank(tmp_path, short)
+    with pytest.raises(UserError, match=rf"one positive number per bank row \({ROWS}\)"):
+        load_bank(tmp_path, {**meta_short, "search": meta["search"]}, rows=False)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class Backbone:
     """Where `effnet-knn` cuts a pretrained EfficientNet-Lite: the ends of its stride-8 and stride-16 (112/120
     channel) stages, 28x28 and 14x14 grids at 224 px, and the first stride-32 block as the coarse stage (a 7x7
-    grid, edge.knn.CoarseBank; README)."""
+    grid, edge.knn.CoarseBank; docs/measurements.md)."""
 
     variant: str  # train.effnet_lite.SCALING
     taps: tuple[str, ...]
@@ -45,7 +45,7 @@ class Backbone:
 
 BACKBONES = {
     "efficientnet-lite0": Backbone("lite0", ("block4", "block10"), "block11"),
-    # the default since it measured +0.03 image AUROC on dsm50 and dsm100 (README)
+    # the default since it measured +0.03 image AUROC on dsm50 and dsm100 (docs/measurements.md)
     "efficientnet-lite2": Backbone("lite2", ("block6", "block14"), "block15"),
 }
 DEFAULT_BACKBONE = "efficientnet-lite2"
@@ -136,7 +136,7 @@ class BankRecipe:
     peak: str = "map"  # edge.knn.Bank.peak
     # the coarse stage (edge.knn.CoarseBank): where it sits in the grid (coarse_layout; channels 0 = none),
     # its weight in the map, and the fraction of its cells the bank keeps (a 7x7 grid has few cells: on dsm100
-    # 25 % scored like all of them, 10 % lost 0.01 pixel AUROC, README)
+    # 25 % scored like all of them, 10 % lost 0.01 pixel AUROC, docs/measurements.md)
     coarse_channels: int = 0
     coarse_step: int = 1
     coarse_weight: float = 0.0
@@ -352,7 +352,7 @@ def held_out_train_scores(
     Why: the threshold wants a 1 % false-positive quantile, which needs about 100 held-out good images, and the
     validation split of a DSM-sized set has ~30. A training image scored without its own contribution to the
     bank stands in for a new photo of a dish the bank knows (the other photos of that dish stay in). Measured on
-    dsm100 (README): these scores sit in the same range as the validation images' (99th percentile 1.18 vs
+    dsm100 (docs/measurements.md): these scores sit in the same range as the validation images' (99th percentile 1.18 vs
     1.20 in units of the val median; a 5-fold rebuild of the coreset, five selections, gave 1.24). Only the
     coreset rows that came from image i (or from its augmented copies: `source`, bank_views) are dropped for
     image i. A relative bank keeps the other rows' spacings as built (a spacing measured to one of the dropped

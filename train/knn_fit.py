@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 CORESET_FILE = "coreset.npy"  # the bank's row indices into the training patches, reused by convert
 CALIBRATION_SPLIT = "val+train-held-out"
 MAX_BANK_AUGMENT = 16  # each copy is one more feature pass over the training set at fit and convert time
-DEFAULT_COARSE_WEIGHT = 0.5  # the plain mean of the two maps, not tuned (0.3 and 0.7 measured, README)
+DEFAULT_COARSE_WEIGHT = (
+    0.5  # the plain mean of the two maps, not tuned (0.3 and 0.7 measured, docs/measurements.md)
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,11 @@ class KnnFitConfig:
     image_size: int = 224  # effnet-knn: the backbone's native 224 px; cae-knn: the CAE run's size
     cae_run: str = ""  # cae-knn: the trained CAE run folder
     coreset_fraction: float = 0.01
-    global_weight: float = 0.0  # the whole-image term; measured to hurt on the presets (README)
+    global_weight: float = 0.0  # the whole-image term; measured to hurt on the presets (docs/measurements.md)
     target_fpr: float = 0.01
     seed: int = 0
     # edge.knn DISTANCES: "calibrated" beat "euclidean" on each of six coreset selections of dsm50 and dsm100
-    # (+0.017 image AUROC on average); "relative" was within the coreset seed noise (README)
+    # (+0.017 image AUROC on average); "relative" was within the coreset seed noise (docs/measurements.md)
     distance: str = "calibrated"
     bank_augment: int = 0  # augmented copies of each photo offered to the coreset (features.bank_views)
     # the coarse stage's weight in the map (edge.knn.CoarseBank); None: DEFAULT_COARSE_WEIGHT for effnet-knn,
@@ -206,7 +208,7 @@ def map_sigma(hw: tuple[int, int], grid: tuple[int, int]) -> float:
     """The anomaly map's blur: one cell of the finest feature grid (8 px for EfficientNet-Lite at 224 px).
 
     Why one cell: the score is the blurred map's peak; on dsm100 (four coreset selections) sigma 4, 6, 8 and 10
-    px gave image AUROC 0.813, 0.816, 0.816, 0.814 and pixel AUROC 0.773, 0.782, 0.792, 0.801 (README).
+    px gave image AUROC 0.813, 0.816, 0.816, 0.814 and pixel AUROC 0.773, 0.782, 0.792, 0.801 (docs/measurements.md).
     """
     return float(hw[0]) / float(grid[0])
 
