@@ -68,13 +68,15 @@ def load_search(bundle_dir: str | Path, meta: dict, dim: int, threads: int) -> T
     if not isinstance(entry.get("file"), str) or not isinstance(entry.get("queries"), int):
         raise UserError(f"{where}: bundle.json bank `search` needs a `file` name and whole-number `queries`")
     queries = entry["queries"]
-    path = Path(bundle_dir) / meta["file"]
+    path = Path(bundle_dir) / entry["file"]
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
         raise UserError(f"{path}: cannot read the search model ({exc.strerror or exc})") from None
-    if digest != meta.get("sha256"):
+    if digest != entry.get("sha256"):
         raise UserError(
-            f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(meta.get('sha256'))[:12]}…)"
+            f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(entry.get('sha256'))[:12]}…)"
         )
-    return TfliteSearch(path, queries, dim, threads, where)
+    search = TfliteSearch(path, queries, dim, threads, where)
+    log.info("%s: %s search model, %d patches a crop", where, entry.get("quantization", "?"), queries)
+    return search
