@@ -1,4 +1,4 @@
-"""Nearest-neighbour scoring against a memory bank of good patch features (PatchCore-style), in numpy.
+"""Nearest-neighbour scoring against a memory bank of good patch features (PatchCore-style): numpy, or a TFLite model.
 
 The backbone runs as int8 TFLite and outputs a grid of patch features; the search over a coreset bank of a few
 thousand vectors is one matrix product per crop. The bank ships in the bundle as `bank.npz` with its sha256
