@@ -95,6 +95,19 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_checked(path: Path, sha256: object, what: str) -> bytes:
+    """The bytes of a file bundle.json names by hash (bank.npz, search.tflite); an unreadable file or another
+    file's bytes is a one-line UserError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise UserError(f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(sha256)[:12]}…)")
+    return data
+
+
 def _tensor(data: object, where: str) -> TensorInfo:
     if not isinstance(data, dict) or data.get("dtype") not in IO_DTYPES:
         raise UserError(f"{where}: `dtype` must be one of {', '.join(IO_DTYPES)}")

@@ -7,20 +7,20 @@ search model use); a bundle made by today's convert also carries the fine bank's
 (`search.tflite`, edge.search), which Bank.score uses in its place: on one thread the search takes 4.8 ms instead
 of 19, a crop end to end 16.0 ms instead of 30 (README, "Speed and memory").
 
-Scores are Euclidean distances: a patch's score is the distance to its nearest good patch; the anomaly map is
-the patch scores brought to the crop's size and blurred; the image's patch score is the map's peak (one bad spot
-is enough), so the number compared with the threshold is the top of the heat map the kitchen sees, and a flagged
-crop always has a region above the threshold. (Format-1 bundles took the largest raw patch score, `peak =
-"patch"`; the map's peak was +0.020 image AUROC on dsm100, better on each of four coreset selections, docs/measurements.md.)
-The global score is the distance of the crop's mean feature to the nearest good image's mean feature (a dish that
-is not on the menu shifts everything a little).
+Scores are Euclidean distances: a patch's score is the distance to its nearest good patch; the anomaly map is the
+patch scores brought to the crop's size and blurred; the image's patch score is the map's peak (one bad spot is
+enough), so the number compared with the threshold is the top of the heat map the kitchen sees, and a flagged crop
+always has a region above the threshold. (Format-1 bundles took the largest raw patch score, `peak = "patch"`; the
+map's peak was +0.020 image AUROC on dsm100, better on each of four coreset selections, docs/measurements.md.) The
+global score is the distance of the crop's mean feature to the nearest good image's mean feature (a dish that is not
+on the menu shifts everything a little).
 
 `distance = "relative"` divides the distance to each bank row by that row's spacing (its distance to the nearest
 other bank row) before taking the minimum. Why: good patches are not spread evenly: a plain steel rim is a dense
-cluster, a garnish's texture is sparse. An absolute distance that is ordinary in a sparse region is large in a
-dense one, so one threshold over-flags rare good textures and under-flags small changes to common ones (a hair on
-the rim). PatchCore reweights its scores for the same reason. Measured on dsm100 (docs/measurements.md): +0.009 image AUROC
-on average over five coreset selections (-0.019 to +0.032), inside their noise, so it is an option, not the
+cluster, a garnish's texture is sparse. An absolute distance that is ordinary in a sparse region is large in a dense
+one, so one threshold over-flags rare good textures and under-flags small changes to common ones (a hair on the
+rim). PatchCore reweights its scores for the same reason. Measured on dsm100 (docs/measurements.md): +0.009 image
+AUROC on average over five coreset selections (-0.019 to +0.032), inside their noise, so it is an option, not the
 default.
 
 `distance = "calibrated"` (the default for new runs) divides by a row scale measured on held-out good patches
@@ -28,18 +28,19 @@ instead: each training photo's patches are matched to the bank without the rows 
 row's scale is the mean distance of the held-out patches it was nearest to (shrunk towards the median of all of
 them, so a row that few patches reach keeps a typical scale). Why: a row's spacing says how sparse the bank is
 there, not how far a new good patch of that kind lands; the held-out distance is that number, so the ratio reads
-"how unusual is this distance for a patch that looks like this". Food re-rendered on every plate gets a large
-scale, a clean rim a small one, and a chip or a spill on the rim stands out. Measured (docs/measurements.md): +0.019 image AUROC
-on dsm100 and +0.014 on dsm50, better on each of six coreset selections; chipped plates +0.08. The coarse stage
-carries its own row scales, made the same way. On the device it is the same arithmetic as "relative".
+"how unusual is this distance for a patch that looks like this". Food re-rendered on every plate gets a large scale,
+a clean rim a small one, and a chip or a spill on the rim stands out. Measured (docs/measurements.md): +0.019 image
+AUROC on dsm100 and +0.014 on dsm50, better on each of six coreset selections; chipped plates +0.08. The coarse
+stage carries its own row scales, made the same way. On the device it is the same arithmetic as "relative".
 
 A **coarse stage** (`Bank.coarse`, an extension of bundle format 2): a second, small bank of a deep feature stage
 (the backbone's first stride-32 block, a 7x7 grid at 224 px) whose map is averaged with the fine one. Why: a
 stride-8 patch sees a few millimetres of food or rim, so a dish served on another menu dish's plate, or a
-combination of components that are each on the menu, is made of patches the fine bank knows; a stride-32 cell
-sees a quarter of the plate with what lies on it. Measured on dsm100, int8 (docs/measurements.md): pixel AUROC 0.80 -> 0.88,
-wrong-plate image AUROC 0.86 -> 0.98, image AUROC 0.813 -> 0.821 (within the coreset noise). The model appends the coarse stage's channels to its grid, nearest-upsampled (each coarse cell a
-step x step block), so one output tensor carries both and the device reads every step-th cell.
+combination of components that are each on the menu, is made of patches the fine bank knows; a stride-32 cell sees a
+quarter of the plate with what lies on it. Measured on dsm100, int8 (docs/measurements.md): pixel AUROC 0.80 ->
+0.88, wrong-plate image AUROC 0.86 -> 0.98, image AUROC 0.813 -> 0.821 (within the coreset noise). The model appends
+the coarse stage's channels to its grid, nearest-upsampled (each coarse cell a step x step block), so one output
+tensor carries both and the device reads every step-th cell.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.bundle import read_checked
 from edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -319,15 +321,7 @@ def load_bank(bundle_dir: str | Path, meta: dict, threads: int = 1, rows: bool =
     bank.npz instead of in memory (1.6 MB of the scorer's peak RSS, measured); only held-out scoring needs them.
     """
     path = Path(bundle_dir) / str(meta.get("file", BANK_FILE))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read memory bank ({exc.strerror or exc})") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta.get("sha256"):
-        raise UserError(
-            f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(meta.get('sha256'))[:12]}…)"
-        )
+    data = read_checked(path, meta.get("sha256"), "memory bank")
     distance = meta.get("distance", "euclidean")  # format-1 bundles predate both fields
     if distance not in DISTANCES:
         raise UserError(

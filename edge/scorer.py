@@ -184,10 +184,10 @@ class Scorer:
         self._check_tensor(where, "input", self._in, b.input_tensor, want)
         self._check_tensor(where, "output", self._out, b.output_tensor, self._output_shape(want))
         search = None if self.bank is None else self.bank.search
-        if search is not None and int(np.prod(self._out["shape"][1:3])) != search.queries:
+        cells = int(np.prod(self._out["shape"][1:3]))
+        if search is not None and cells != search.queries:
             raise UserError(
-                f"{where}: search.tflite takes {search.queries} patches, the model's grid has "
-                f"{int(np.prod(self._out['shape'][1:3]))}"
+                f"{where}: search.tflite takes {search.queries} patches, the model's grid has {cells}"
             )
         self._lock = threading.Lock()
         log.info(

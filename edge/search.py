@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import read_checked
 from edge.errors import UserError
 from edge.interpreter import load_interpreter
 
@@ -69,14 +70,7 @@ def load_search(bundle_dir: str | Path, meta: dict, dim: int, threads: int) -> T
         raise UserError(f"{where}: bundle.json bank `search` needs a `file` name and whole-number `queries`")
     queries = entry["queries"]
     path = Path(bundle_dir) / entry["file"]
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the search model ({exc.strerror or exc})") from None
-    if digest != entry.get("sha256"):
-        raise UserError(
-            f"{path}: sha256 {digest[:12]}… does not match bundle.json ({str(entry.get('sha256'))[:12]}…)"
-        )
+    read_checked(path, entry.get("sha256"), "the search model")  # the interpreter then maps the file itself
     search = TfliteSearch(path, queries, dim, threads, where)
     log.info("%s: %s search model, %d patches a crop", where, entry.get("quantization", "?"), queries)
     return search

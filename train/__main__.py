@@ -69,28 +69,31 @@ def build_parser() -> OneLineParser:
         default="calibrated",
         choices=DISTANCES,
         help="knn: calibrated (default): the distance to each bank patch divided by how far held-out good patches "
-        "that matched it usually are (+0.017 image AUROC on the presets, docs/measurements.md); euclidean: the plain distance; "
-        "relative: divided by the patch's distance to its nearest other bank patch (within noise, docs/measurements.md)",
+        "that matched it usually are (+0.017 image AUROC on the presets); euclidean: the plain distance; "
+        "relative: divided by the patch's distance to its nearest other bank patch (within noise); "
+        "measurements in docs/measurements.md",
     )
     f.add_argument(
         "--bank-augment",
         type=int,
         default=0,
         help="knn: shifted/turned/re-lit copies of each training image whose patches the coreset may pick; "
-        "the bank keeps its size (default 0: on dsm100, 3 copies were within the coreset's seed noise, docs/measurements.md)",
+        "the bank keeps its size (default 0: on dsm100, 3 copies were within the coreset's seed noise, "
+        "docs/measurements.md)",
     )
     f.add_argument(
         "--coarse-weight",
         type=float,
         default=None,
         help="effnet-knn: weight of the coarse (stride-32, context) map averaged into the anomaly map; 0 = no "
-        "coarse stage (default 0.5: on dsm100 pixel AUROC 0.80 -> 0.88, image AUROC within noise, docs/measurements.md)",
+        "coarse stage (default 0.5: on dsm100 pixel AUROC 0.80 -> 0.88, image AUROC within noise, "
+        "docs/measurements.md)",
     )
     f.add_argument(
         "--backbone",
         default="",
-        help="effnet-knn: efficientnet-lite2 (default: +0.03 image AUROC on both presets, docs/measurements.md) or "
-        "efficientnet-lite0 (smaller and faster)",
+        help="effnet-knn: efficientnet-lite2 (default: +0.03 image AUROC on both presets, "
+        "docs/measurements.md) or efficientnet-lite0 (smaller and faster)",
     )
     f.add_argument("--epochs", type=int, default=200, help="cae only")
     f.add_argument("--batch-size", type=int, default=64, help="cae only")

@@ -7,9 +7,9 @@ is needed once, at train/convert time, to read that file; the converted Keras we
 runs (and the tests) need no torch. The device never sees either: it runs the cut network as int8 TFLite.
 
 Why two variants: Lite2 (width 1.1, depth 1.2) is the default backbone of `effnet-knn` since it measured +0.03
-image AUROC over Lite0 on both presets (docs/measurements.md); Lite0 stays for bundles made with it and as the cheaper choice.
-Each variant is Lite0 compound-scaled (SCALING, `stages`); Lite1 (1.0, 1.1) measured no better than Lite0, so
-its weights package is not a dependency.
+image AUROC over Lite0 on both presets (docs/measurements.md); Lite0 stays for bundles made with it and as the
+cheaper choice. Each variant is Lite0 compound-scaled (SCALING, `stages`); Lite1 (1.0, 1.1) measured no better
+than Lite0, so its weights package is not a dependency.
 
 Layout of the state dict (lukemelas-style names): `_conv_stem`, `_bn0`, `_blocks.N._expand_conv/_bn0`,
 `_depthwise_conv/_bn1`, `_project_conv/_bn2`, `_conv_head`, `_bn1`, `_fc`. Convolutions use TensorFlow's SAME
