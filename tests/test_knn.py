@@ -401,6 +401,51 @@ def test_feature_model_appends_the_coarse_stage_as_exact_blocks():
     np.testing.assert_array_equal(coarse, np.repeat(np.repeat(coarse[::4, ::4], 4, 0), 4, 1))
 
 
+def test_projection_keeps_the_leading_components_and_the_model_outputs_what_apply_computes():
+    """--project: the fine channels become their leading principal components inside the model (a 1x1
+    convolution), the coarse channels pass through, so the bank, the search and the device see a narrower grid."""
+    import keras
+    from keras import layers
+
+    from train.features import coarse_layout, fit_projection, patch_feature_model, with_projection
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64, 64, 3))
+    fine = layers.Conv2D(6, 3, strides=8, padding="same", name="fine")(inp)  # 8x8
+    mid = layers.Conv2D(5, 3, strides=2, padding="same", name="mid")(fine)  # 4x4
+    deep = layers.Conv2D(3, 3, strides=2, padding="same", name="deep")(mid)  # 2x2
+    model = patch_feature_model(keras.Model(inp, deep), ("fine", "mid"), coarse="deep")
+    x = np.random.default_rng(1).random((6, 64, 64, 3)).astype(np.float32)
+    feats = np.asarray(model(x))
+    assert feats.shape == (6, 8, 8, 6 + 5 + 3) and coarse_layout(model)["channels"] == 11
+
+    proj = fit_projection(feats, 11, 4)
+    np.testing.assert_allclose(proj.basis.T @ proj.basis, np.eye(4), atol=1e-5)  # orthonormal
+    rows = feats[..., :11].reshape(-1, 11)
+    np.testing.assert_allclose(proj.mean, rows.mean(0), rtol=1e-5, atol=1e-6)
+    centred = rows - rows.mean(0)
+    total = (centred**2).sum()
+    # the leading components: no other 4-dim orthonormal basis keeps more of the variance (a random one here)
+    kept = ((centred @ proj.basis) ** 2).sum()
+    assert proj.variance == pytest.approx(kept / total, rel=1e-4)
+    other = np.linalg.qr(np.random.default_rng(2).normal(size=(11, 4)))[0]
+    assert ((centred @ other) ** 2).sum() < kept
+    assert proj.to_json() == {"dims": 4, "of": 11, "variance": round(proj.variance, 4)}
+
+    projected = with_projection(model, proj)
+    out = np.asarray(projected(x))
+    assert out.shape == (6, 8, 8, 4 + 3)
+    np.testing.assert_allclose(out, proj.apply(feats, 11), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out[..., 4:], feats[..., 11:])  # the coarse stage untouched
+    assert coarse_layout(projected) == {"channels": 4, "step": 4, "dim": 3}
+    with pytest.raises(ValueError, match="projection of 11 channels for a 6-channel"):
+        with_projection(patch_feature_model(keras.Model(inp, deep), ("fine",)), proj)
+    with pytest.raises(UserError, match="--project -1"):
+        from train.knn_fit import KnnFitConfig
+
+        KnnFitConfig(data="d", out="o", project=-1).validate()
+
+
 def test_held_out_row_scales_match_a_brute_force_reference():
     """Each patch goes to its nearest row from another photo; a row's scale is the shrunk mean of what it got."""
     from train.features import HELD_OUT_SHRINK, held_out_row_scales

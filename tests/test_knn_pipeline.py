@@ -60,6 +60,7 @@ def test_fit_writes_a_knn_run_and_evaluate_reports_it(knn_run, tiny_dataset, tmp
     # coarse stride-32 (208) channels
     assert config["args"]["backbone"] == config["features"]["backbone"] == "efficientnet-lite2"
     assert config["features"]["dim"] == 48 + 120 + 208
+    assert config["args"]["project"] == 0 and "project" not in config["features"]
     assert (knn_run / "bank.npz").is_file() and (knn_run / "model.keras").is_file()
     out = tmp_path / "eval.json"
     _ok(
@@ -290,3 +291,40 @@ def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
         run_cli(*base, "--method", "effnet-knn", "--global-weight", "-1"), "--global-weight"
     )
     assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--bank-augment", "99"), "--bank-augment")
+
+
+def test_projected_run_converts_to_a_narrower_grid_that_the_edge_scores(tiny_dataset, tmp_path):
+    """--project: the model outputs the projected fine channels (its 1x1 convolution converts with it), so the
+    int8 model, the bank, the search model and the device all work on the narrower grid, and an obvious defect
+    still stands out."""
+    from edge.interpreter import load_interpreter
+    from edge.preprocess import read_image
+    from edge.scorer import Scorer
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    args = ("--data", str(tiny_dataset), "--out", str(run), "--image-size", str(KNN_SIZE), "--project", "16")
+    _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit --project")
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["project"] == 16 and config["features"]["project"]["dims"] == 16
+    assert (
+        config["features"]["project"]["of"] == 48 + 120 and 0 < config["features"]["project"]["variance"] < 1
+    )
+    assert config["features"]["coarse"]["channels"] == 16 and config["features"]["dim"] == 16 + 208
+    args = ("--model", str(run), "--data", str(tiny_dataset), "--out", str(bundle), "--representative", "20")
+    _ok(run_cli("convert", *args), "convert a projected run")
+    meta = json.loads((bundle / "bundle.json").read_text())["score"]["params"]["bank"]
+    assert meta["dim"] == 16 and meta["coarse"]["channels"] == 16 and meta["search"]["queries"] == 64
+    interp = load_interpreter(bundle / "model.tflite", threads=1)
+    assert interp.get_output_details()[0]["shape"].tolist() == [1, 8, 8, 16 + 208]
+
+    scorer = Scorer(bundle, threads=1)
+    goods = _images(tiny_dataset, "test/good")
+    bad = [_magenta(g, tmp_path / f"magenta_{i}.png") for i, g in enumerate(goods)]
+    good_s = [scorer.score(read_image(p)).score for p in goods]
+    bad_s = [scorer.score(read_image(p)).score for p in bad]
+    assert min(bad_s) > scorer.bundle.threshold >= min(good_s), (good_s, bad_s, scorer.bundle.threshold)
+
+    over = ("--data", str(tiny_dataset), "--out", str(tmp_path / "r2"), "--image-size", str(KNN_SIZE))
+    assert_one_line_error(
+        run_cli("train", "fit", "--method", "effnet-knn", *over, "--project", "168"), "--project 168"
+    )

@@ -98,6 +98,77 @@ def coarse_layout(model) -> dict | None:
     }
 
 
+@dataclass(frozen=True)
+class Projection:
+    """The fine features' leading principal components: the fine stage of the grid becomes (x - mean) @ basis.
+
+    Why: the device's cost beyond the backbone is the fine search, patches x bank rows x dims multiply-adds; on
+    a host without AVX512-VNNI it took longer than the backbone and put a crop over its 40 ms budget. Fewer dims
+    cut it in proportion, and the principal components keep most of what distances measure (dsm100, the default
+    bundle's int8 features: 96 of 168 dims keep 95 % of the variance; docs/measurements.md). The projection is a
+    1x1 convolution appended to the feature network (with_projection), so the int8 model outputs the projected
+    grid and the bank, the search model and the device code see an ordinary, narrower feature grid.
+    """
+
+    mean: np.ndarray  # (D,) of the fine channels
+    basis: np.ndarray  # (D, k) orthonormal columns, largest variance first
+    variance: float  # the fraction of the fine channels' variance the k components keep
+
+    @property
+    def dims(self) -> int:
+        return int(self.basis.shape[1])
+
+    def apply(self, feats: np.ndarray, fine_channels: int) -> np.ndarray:
+        """Feature grids (..., D) -> (..., k + the coarse channels): what with_projection's model outputs."""
+        fine = (feats[..., :fine_channels] - self.mean) @ self.basis
+        return np.concatenate([fine.astype(np.float32), feats[..., fine_channels:]], axis=-1)
+
+    def to_json(self) -> dict:
+        return {"dims": self.dims, "of": int(self.basis.shape[0]), "variance": round(self.variance, 4)}
+
+
+# rows the principal components are fitted on at most (a random sample: 100 000 x 168 is a second of SVD)
+PROJECTION_ROWS = 100_000
+
+
+def fit_projection(train_feats: np.ndarray, fine_channels: int, dims: int, seed: int = 0) -> Projection:
+    """The `dims` leading principal components of the training grids' fine patches."""
+    rows = train_feats[..., :fine_channels].reshape(-1, fine_channels)
+    if len(rows) > PROJECTION_ROWS:
+        rows = rows[np.random.default_rng(seed).choice(len(rows), PROJECTION_ROWS, replace=False)]
+    rows = rows.astype(np.float64)
+    mean = rows.mean(axis=0)
+    _, sv, vt = np.linalg.svd(rows - mean, full_matrices=False)
+    var = sv**2
+    kept = float(var[:dims].sum() / max(var.sum(), 1e-30))
+    return Projection(mean.astype(np.float32), np.ascontiguousarray(vt[:dims].T, dtype=np.float32), kept)
+
+
+def with_projection(model, proj: Projection):
+    """The feature model with its fine channels projected (a 1x1 convolution, Projection), coarse ones as they
+    were: the same network plus one small layer, so conversion and the device need nothing new."""
+    import keras
+    from keras import layers
+
+    layout = coarse_layout(model)
+    try:
+        parts = list(model.get_layer("patches").input)
+    except ValueError:  # one tap and no coarse stage: the output is the fine grid itself
+        parts = [model.output]
+    coarse = parts.pop() if layout is not None else None
+    fine = parts[0] if len(parts) == 1 else layers.Concatenate(name="fine_patches")(parts)
+    if int(fine.shape[-1]) != proj.basis.shape[0]:
+        raise ValueError(
+            f"projection of {proj.basis.shape[0]} channels for a {fine.shape[-1]}-channel fine grid"
+        )
+    conv = layers.Conv2D(proj.dims, 1, name="project")
+    out = conv(fine)
+    conv.set_weights([proj.basis[None, None], -(proj.mean @ proj.basis)])
+    if coarse is not None:
+        out = layers.Concatenate(name="projected_patches")([out, coarse])
+    return keras.Model(model.input, out, name=model.name)
+
+
 def effnet_feature_model(input_size: int = 224, backbone: str = DEFAULT_BACKBONE, coarse: bool = True):
     """The `effnet-knn` feature network of a BACKBONES entry, with or without its coarse stage."""
     from train import effnet_lite

@@ -444,6 +444,7 @@ def knn_cli_main(args, method: str) -> int:
             bank_augment=getattr(args, "bank_augment", 0),
             coarse_weight=getattr(args, "coarse_weight", None),
             backbone=getattr(args, "backbone", "") or "",
+            project=getattr(args, "project", 0) or 0,
             target_fpr=getattr(args, "target_fpr", DEFAULT_TARGET_FPR),
             seed=args.seed,
         )
