@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_line, machine_record  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.daemon_helpers import Subscriber, write_config  # noqa: E402
 
@@ -200,6 +201,7 @@ def main() -> int:
         "model_threads": args.threads,
         "bundle": str(args.bundle),
         "cpu_count": os.cpu_count(),
+        "machine": machine_record(),
         "goals": GOALS,
     }
     res["goals_met"] = {
@@ -224,6 +226,7 @@ def main() -> int:
         goal = GOALS.get(k)
         print(f"{k:<26}{res[k]!s:>10}  {'<= ' + str(goal) if goal else ''}")
     print(f"events {res['events']} for {len(tl['plates'])} plates; results in {args.out}")
+    print(cpu_line(res["machine"]))
     return 0
 
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from bench.machine import cpu_line, machine_record  # noqa: E402
 
 log = logging.getLogger("bench.latency")
 
@@ -401,12 +402,7 @@ def run(models: tuple[str, ...], config: str, size: int, bundle_dir: Path, runs:
         "runs": runs,
         "warmup": warmup,
         "statistic": "median ms per crop (batch 1)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg_start": [round(v, 2) for v in os.getloadavg()],  # other work on the machine: noise
-        },
+        "machine": machine_record(),
         "tflite_runtime": "measured" if "tflite_runtime" in runtimes else "not installed (needs numpy<2)",
     }
     with tempfile.TemporaryDirectory(prefix="dishwatch-bench-") as tmp:
@@ -530,6 +526,7 @@ def table(r: dict) -> str:
         f"eff = model GMAC/s over the reference {ref['kernel']}x{ref['kernel']} conv's on {ref['shape']} "
         f"({ref['macs'] / 1e6:.0f} M MAC), same runtime, quant and threads, timed in turns"
     )
+    lines.append(cpu_line(r["machine"]))
     lines.append(
         f"tflite-runtime: {r['tflite_runtime']}; load average (1, 5, 15 min) at start "
         f"{r['machine']['loadavg_start']}, end {r['machine']['loadavg_end']}"

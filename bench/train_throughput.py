@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from bench.machine import machine_record  # noqa: E402
+
 log = logging.getLogger("bench.train_throughput")
 
 
@@ -129,6 +131,7 @@ def main(argv=None) -> int:
         "best": best,
         "runs": runs,
         "cpu_count": os.cpu_count(),
+        "machine": machine_record(),
         "tensorflow": tf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
