@@ -65,4 +65,5 @@ def cpu_line(record: dict) -> str:
     flags = " ".join(simd) if isinstance(simd, list) else str(simd)
     dot = cpu.get("int8_dot")
     verdict = {True: "int8 dot product: yes", False: "int8 dot product: NO (int8 runs near float32's speed)"}
-    return f"CPU: {cpu.get('model', 'unknown')}; {flags or 'no listed SIMD'}; {verdict.get(dot, 'int8 dot product: unknown')}"
+    said = verdict.get(dot, "int8 dot product: unknown")
+    return f"CPU: {cpu.get('model', 'unknown')}; {flags or 'no listed SIMD'}; {said}"
