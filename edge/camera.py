@@ -3,6 +3,11 @@
 Why a thread that overwrites: the pass is watched live. A scorer that is busy for 200 ms must see the pass as it
 is *now*, not a queue of stale frames, so the grabber keeps one slot and counts what it overwrote (`dropped`).
 
+Why the grabber also enforces camera.fps: a frame over the processing rate is only grabbed (the camera's
+buffer advanced, for a stream the packet decoded), never converted to BGR or, for a V4L2 MJPEG camera, decoded:
+that conversion is the larger half of a frame's cost. The daemon lowers the rate while every slot is empty
+(camera.idle_fps, `set_fps`), so an idle pass costs a third of a busy one.
+
 Why files are paced by the wall clock: a clip on disk stands in for a camera in tests, `make run` and the
 benchmark, so it must play in real time (its native fps, or camera.fps when it has none); a grabber that falls
 behind skips frames to catch up, as a real camera would.
@@ -92,17 +97,18 @@ class _CaptureSource:
         if not 0.5 <= self.fps <= 240:
             self.fps = 0.0
 
-    def skip(self) -> bool:
+    def grab(self) -> bool:
+        """Advance to the next frame without converting it."""
         ok = bool(self.cap is not None and self.cap.grab())
         self.pos += ok
         return ok
 
-    def read(self) -> tuple[bool, object]:
+    def retrieve(self) -> object:
+        """The grabbed frame as BGR, or None when it cannot be decoded."""
         if self.cap is None:
-            return False, None
-        ok, img = self.cap.read()
-        self.pos += bool(ok)
-        return bool(ok), img
+            return None
+        ok, img = self.cap.retrieve()
+        return img if ok else None
 
     def close(self) -> None:
         if self.cap is not None:
@@ -129,19 +135,18 @@ class _FolderSource:
             raise SourceLost(f"{self.source}: no images")
         self.pos = 0
 
-    def skip(self) -> bool:
-        self.pos += 1
-        return self.pos <= len(self.files)
-
-    def read(self) -> tuple[bool, object]:
+    def grab(self) -> bool:
         if self.pos >= len(self.files):
-            return False, None
-        p = self.files[self.pos]
+            return False
         self.pos += 1
+        return True
+
+    def retrieve(self) -> object:
+        p = self.files[self.pos - 1]
         if not p.exists() and not Path(self.source).is_dir():
             raise SourceLost(f"{self.source}: folder vanished")
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        return True, (img if img is not None else f"unreadable {p.name}")  # a garbage frame, counted
+        return img if img is not None else f"unreadable {p.name}"  # a garbage frame, counted
 
     def close(self) -> None:
         self.files = []
@@ -172,10 +177,13 @@ class Grabber:
         self.state = CONNECTING
         self.frames = 0  # accepted frames
         self.dropped = 0  # accepted but overwritten before the main loop took them, or skipped to keep pace
+        self.rate_skipped = 0  # grabbed but not converted: over the processing rate (camera.fps or idle_fps)
         self.skipped: Counter[str] = Counter()  # bad frames by reason
         self.reconnects = 0
         self.last_frame_t = 0.0  # monotonic time of the newest accepted frame (0 = none yet)
         self._want_hw = (cfg.height, cfg.width) if cfg.width and cfg.height else None
+        self._period = 1.0 / cfg.fps  # the processing rate; set_fps changes it from the main loop
+        self._next_due = 0.0  # monotonic time from which the next frame is converted and handed out
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._stop = threading.Event()
@@ -190,6 +198,13 @@ class Grabber:
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    def set_fps(self, fps: float) -> None:
+        """Hand out at most `fps` frames a second from now on; a faster rate takes the very next frame."""
+        period = 1.0 / fps
+        if period < self._period:
+            self._next_due = 0.0
+        self._period = period
 
     @property
     def ended(self) -> bool:
@@ -265,10 +280,10 @@ class Grabber:
                 if lag < 0:
                     self._stop.wait(-lag)
                     continue
-                while lag > period and src.skip():  # behind the clock: skip as a live camera would
+                while lag > period and src.grab():  # behind the clock: skip as a live camera would
                     self.dropped += 1
                     lag -= period
-            ok, img = src.read()
+            ok = src.grab()
             now = time.monotonic()
             if not ok:
                 if paced:
@@ -284,6 +299,10 @@ class Grabber:
                     raise SourceLost(f"{failed} failed reads")
                 continue
             failed = 0
+            if not self._due(now):
+                self.rate_skipped += 1
+                continue
+            img = src.retrieve()
             problem = frame_problem(img, self._want_hw)
             if problem is None and isinstance(img, np.ndarray) and self._want_hw is None:
                 self._want_hw = img.shape[:2]  # the first good frame fixes the size
@@ -297,6 +316,16 @@ class Grabber:
             last_ok = now
             pos = (src.pos - 1) * period if paced else None
             self._publish(img, now, pos)
+
+    def _due(self, now: float) -> bool:
+        """Whether a frame grabbed at `now` is within the processing rate: a steady schedule, bounded catch-up."""
+        period = self._period
+        if now < self._next_due - period * 0.25:
+            return False
+        # A frame a little late lets the next one come a little early (the schedule holds); a fresh schedule
+        # (start, or a higher rate) starts at this frame.
+        self._next_due = max(self._next_due + period, now - period) if self._next_due else now + period
+        return True
 
     def _publish(self, img: np.ndarray, now: float, pos: float | None) -> None:
         with self._cond:

@@ -31,6 +31,9 @@ class CameraConfig:
     id: str = "pass1"
     source: str = "clip.mp4"  # 0 | /dev/video0 | rtsp://... | http://... | a video file | an image folder
     fps: float = 15.0  # frames processed per second at most
+    idle_fps: float = (
+        5.0  # ... while every slot is empty (a plate's arrival wakes the full rate); 0 = always fps
+    )
     loop: bool = False  # video files and image folders: start again at the end
     width: int = 0  # expected frame size; 0 = whatever the first good frame has
     height: int = 0
@@ -254,6 +257,10 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
     if not ID_RE.match(camera.id):
         raise UserError(f"camera.id: must match [a-z0-9_-]+, got {camera.id!r}")
     _positive(camera.fps, "camera.fps")
+    if not 0 <= camera.idle_fps <= camera.fps:
+        raise UserError(
+            f"camera.idle_fps: must be 0 (off) or at most camera.fps ({camera.fps}), got {camera.idle_fps}"
+        )
     _positive(camera.reconnect_max_s, "camera.reconnect_max_s")
     _positive(camera.stall_timeout_s, "camera.stall_timeout_s")
 

@@ -74,6 +74,17 @@ def test_looping_file_starts_again(tmp_path, grabbers):
     assert g.state == STREAMING and g.frames > 10
 
 
+def test_frames_over_the_rate_are_grabbed_but_not_handed_out_until_the_rate_rises(tmp_path, grabbers):
+    g = grabbers(source=str(_video(tmp_path / "c.mp4", 60, 20.0)), loop=False, fps=4.0)
+    slow = _drain(g, lambda g, got: len(got) >= 3)
+    g.set_fps(20.0)
+    fast = _drain(g, lambda g, got: g.ended and g.get(0) is None)
+    assert g.frames + g.rate_skipped + g.dropped == 60, "every frame of the file is accounted for"
+    gaps = np.diff([f.position_s for f in slow])
+    assert gaps.min() >= 0.15, f"at 4 fps the frames handed out are about 0.25 s apart: {gaps}"
+    assert len(fast) >= 20 and g.rate_skipped >= 6, (len(fast), g.rate_skipped, g.dropped)
+
+
 def test_bad_frames_in_a_folder_are_counted_and_skipped(tmp_path, grabbers):
     d = tmp_path / "imgs"
     d.mkdir()

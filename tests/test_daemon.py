@@ -176,6 +176,9 @@ def test_clip_gives_one_event_per_plate_and_ends_cleanly(tmp_path, clip, tiny_bu
     assert _retained(broker, f"{BASE}/left/state") in (b"empty", b"ok", b"anomaly", b"busy")
     stats = json.loads(_retained(broker, f"{BASE}/stats"))
     assert stats["camera"] == "ended" and stats["events"] == len(clip["plates"])
+    # Between plates every slot is empty and frames are taken at camera.idle_fps (5 of the clip's 10):
+    # the rest are grabbed, never decoded, and the events above still came one per plate in its still window.
+    assert stats["frames_rate_skipped"] > 0 and "processed_fps" in stats
 
 
 def test_broker_outage_of_10_s_loses_no_event(tmp_path, clip, tiny_bundle, broker):
@@ -276,6 +279,7 @@ def test_notify_ready_watchdog_only_while_frames_flow_and_sigterm(tmp_path, clip
     [
         ({"camera": {"colour": "red"}}, "camera.colour"),
         ({"camera": {"fps": "fast"}}, "camera.fps"),
+        ({"camera": {"idle_fps": 30}}, "camera.idle_fps"),  # over camera.fps (10)
         ({"model_bundle": "/nonexistent/bundle"}, "model.bundle"),
         ({"mqtt": {"password_file": "/nonexistent/secret"}}, "mqtt.password_file"),
     ],
@@ -325,10 +329,17 @@ def test_garbage_frames_do_not_stop_the_daemon(tmp_path, clip, tiny_bundle, brok
     (d / "005a.png").write_bytes(b"\x00garbage" * 100)
     (d / "007a.jpg").write_bytes(b"")
     cfg = write_config(
-        tmp_path / "pass.toml", str(d), clip["slots"], tiny_bundle, broker.url, tmp_path / "spool.sqlite"
+        tmp_path / "pass.toml",
+        str(d),
+        clip["slots"],
+        tiny_bundle,
+        broker.url,
+        tmp_path / "spool.sqlite",
+        camera={"idle_fps": 0},  # every frame decoded: a frame over the idle rate is never looked at
     )
     daemon = Daemon(cfg)
     assert daemon.wait(60) == 0, daemon.stderr()[-3000:]
     assert "Traceback" not in daemon.stderr()
     stats = json.loads(_retained(broker, f"{BASE}/stats"))
     assert stats["frames_bad"] == {"garbage": 2} and stats["frames_in"] == 20 and stats["camera"] == "ended"
+    assert stats["frames_rate_skipped"] == 0
