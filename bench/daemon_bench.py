@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_line, machine_record  # noqa: E402
+from edge.stats import proc_memory  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.daemon_helpers import Subscriber, write_config  # noqa: E402
 
@@ -46,19 +47,16 @@ GOALS = {"idle_cpu_percent": 5.0, "still_to_event_p95_ms": 250.0, "peak_rss_mb":
 def proc_sample(pid: int) -> tuple[float, float, float, float, float] | None:
     """(wall time, cpu seconds, peak RSS MB, anonymous RSS MB, file-backed RSS MB) of a live process.
 
-    Why the split: the file-backed part is the mapped pages of the libraries (OpenCV, LiteRT, numpy), clean and
-    reclaimable, and it moves with the host's kernel (page-cache folio sizes) more than with our code; the
-    anonymous part is the memory the daemon itself holds."""
+    The file-backed part moves with the host's page cache (edge.stats.memory_mb); the anonymous part is ours."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / TICK
-        status = dict(
-            ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln
-        )
-        hwm, anon, file = (int(status[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile"))
-    except (OSError, KeyError, IndexError, ValueError):
+    except (OSError, IndexError, ValueError):
         return None
-    return time.time(), cpu, hwm, anon, file
+    mem = proc_memory(pid)
+    if not {"VmHWM", "RssAnon", "RssFile"} <= mem.keys():
+        return None
+    return time.time(), cpu, mem["VmHWM"], mem["RssAnon"], mem["RssFile"]
 
 
 def cpu_share(samples: list, t0: float, t1: float) -> float:

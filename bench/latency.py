@@ -230,8 +230,10 @@ def scorer_probe(bundle: Path, threads: int, runs: int, warmup: int) -> dict:
             if i >= {warmup}:
                 score_ms.append((time.perf_counter() - t) * 1000.0)
                 model_ms.append(r.inference_ms)
-        hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
-        print(json.dumps({{"peak_rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else None,
+        from edge.stats import proc_memory
+        mem = proc_memory()
+        print(json.dumps({{"peak_rss_mb": mem.get("VmHWM"), "rss_anon_mb": mem.get("RssAnon"),
+                          "rss_file_mb": mem.get("RssFile"),
                           "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "threads": {threads}, "crops": {runs},
                           "median_inference_ms": float(np.median(model_ms)),
@@ -511,7 +513,8 @@ def _model_table(m: str, s: dict, runs: int, warmup: int) -> list[str]:
         lines.append(
             f"scorer-only process, {t} thread(s) ({s.get('bundle', 'int8, untrained')}, no TensorFlow): "
             f"model {p['median_inference_ms']:.2f} ms, end-to-end {p['median_score_ms']:.2f} ms per crop, "
-            f"peak RSS {p['peak_rss_mb']:.0f} MB"
+            f"peak RSS {p['peak_rss_mb']:.0f} MB (at the end {p.get('rss_anon_mb')} MB anonymous, "
+            f"{p.get('rss_file_mb')} MB of mapped library pages)"
         )
     return lines
 

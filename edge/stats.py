@@ -10,20 +10,40 @@ import os
 import resource
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
+
+MEMORY_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
+
+
+def memory_mb(status: str) -> dict[str, float]:
+    """The MEMORY_FIELDS of a /proc/<pid>/status text in MB (a kernel without one leaves it out).
+
+    Why RSS is split: it counts the pages of the libraries the process maps (OpenCV, LiteRT, numpy), and how many
+    depends on the host's page cache, not on this code. Right after an install the freshly written .so files sit
+    in the cache as large folios, and a mapped large folio counts whole: the daemon peaked at 170.8 MB there and
+    at 118.6 MB once the cache was dropped (as after a reboot), its anonymous memory 59.0 MB both times
+    (docs/measurements.md, the first 2026-11-30 machine). RssAnon is what the daemon itself holds."""
+    out = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMORY_FIELDS and value.split():
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def proc_memory(pid: int | str = "self") -> dict[str, float]:
+    """memory_mb of a live process; {} once it is gone (or without /proc)."""
+    try:
+        return memory_mb(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return {}
 
 
 def rss_mb() -> float:
     """Current resident set size (MB), from /proc; falls back to the peak from getrusage."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return peak_rss_mb()
+    return proc_memory().get("VmRSS") or peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
@@ -69,6 +89,7 @@ class Stats:
             "anomalies": self.anomalies,
             "cpu_percent": round(100.0 * ((t.user + t.system) - (times0.user + times0.system)) / dt, 1),
             "rss_mb": round(rss_mb(), 1),
+            "rss_anon_mb": proc_memory().get("RssAnon"),  # without the mapped library pages (memory_mb)
         }
         self._mark = (now, t, grabbed, self.frames_in, self.scored)
         return out

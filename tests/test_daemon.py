@@ -179,6 +179,7 @@ def test_clip_gives_one_event_per_plate_and_ends_cleanly(tmp_path, clip, tiny_bu
     # Between plates every slot is empty and frames are taken at camera.idle_fps (5 of the clip's 10):
     # the rest are grabbed, never decoded, and the events above still came one per plate in its still window.
     assert stats["frames_rate_skipped"] > 0 and "processed_fps" in stats
+    assert 0 < stats["rss_anon_mb"] < stats["rss_mb"]
 
 
 def test_broker_outage_of_10_s_loses_no_event(tmp_path, clip, tiny_bundle, broker):
