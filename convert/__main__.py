@@ -46,6 +46,9 @@ def build_parser() -> OneLineParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from train.quiet_tf import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from convert.bundle_writer import build_bundle
     from convert.tflite import ConvertOptions
 

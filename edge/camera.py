@@ -5,8 +5,8 @@ is *now*, not a queue of stale frames, so the grabber keeps one slot and counts 
 
 Why the grabber also enforces camera.fps: a frame over the processing rate is only grabbed (the camera's
 buffer advanced, for a stream the packet decoded), never converted to BGR or, for a V4L2 MJPEG camera, decoded:
-that conversion is the larger half of a frame's cost. The daemon lowers the rate while every slot is empty
-(camera.idle_fps, `set_fps`), so an idle pass costs a third of a busy one.
+that conversion is the larger half of a frame's cost. The daemon lowers the rate while the pass is quiet
+(camera.idle_fps, `set_fps`): every slot empty or holding a scored dish, and nothing moving in any.
 
 Why files are paced by the wall clock: a clip on disk stands in for a camera in tests, `make run` and the
 benchmark, so it must play in real time (its native fps, or camera.fps when it has none); a grabber that falls

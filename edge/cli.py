@@ -50,11 +50,17 @@ def run_main(
         return 0
 
 
-def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse, set up logging, then import and call the chosen subcommand's `module:function` handler lazily."""
+def dispatch(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    before: Callable[[argparse.Namespace], None] | None = None,
+) -> int:
+    """Parse, set up logging, run `before(args)`, then import and call the subcommand's `module:function` lazily."""
     import importlib
 
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    if before is not None:
+        before(args)
     module, func = args.handler.split(":")
     return int(getattr(importlib.import_module(module), func)(args) or 0)

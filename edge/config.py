@@ -31,9 +31,7 @@ class CameraConfig:
     id: str = "pass1"
     source: str = "clip.mp4"  # 0 | /dev/video0 | rtsp://... | http://... | a video file | an image folder
     fps: float = 15.0  # frames processed per second at most
-    idle_fps: float = (
-        5.0  # ... while every slot is empty (a plate's arrival wakes the full rate); 0 = always fps
-    )
+    idle_fps: float = 5.0  # ... while the pass is quiet (slots empty or held, nothing moving); 0 = always fps
     loop: bool = False  # video files and image folders: start again at the end
     width: int = 0  # expected frame size; 0 = whatever the first good frame has
     height: int = 0

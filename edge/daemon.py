@@ -24,7 +24,7 @@ from edge.camera import Grabber
 from edge.config import Config, load
 from edge.events import make_event
 from edge.feedback import CropStore, FeedbackFiler
-from edge.gate import EMPTY, SlotGate, crop
+from edge.gate import SlotGate, crop
 from edge.health import Notifier, Watchdog
 from edge.snapshot import snapshot_jpeg
 from edge.stats import Stats
@@ -55,7 +55,7 @@ class Daemon:
         self.stats = Stats()
         self.watchdog = Watchdog(notifier or Notifier(), cfg.health.watchdog_max_stall_s)
         self.frame_hw: tuple[int, int] | None = None
-        self.idle = False  # every slot empty: frames are taken at camera.idle_fps
+        self.idle = False  # the pass is quiet (SlotGate.quiet): frames are taken at camera.idle_fps
         self.crops = self._feedback_hooks(cfg)
 
     def _feedback_hooks(self, cfg: Config) -> CropStore | None:
@@ -85,7 +85,7 @@ class Daemon:
                 else:
                     self.stats.frames_in += 1
                     self._process(frame)
-                    self._pace()
+                    self._pace(frame.t)
                 self.watchdog.tick(now, self.grabber.last_frame_t)
                 if now >= next_stats:
                     next_stats = now + self.cfg.mqtt.stats_interval_s
@@ -106,17 +106,18 @@ class Daemon:
                 self._score(gate, img, frame)
             self._set_state(gate.slot.id, gate.public_state)
 
-    def _pace(self) -> None:
-        """camera.idle_fps while every slot is empty, camera.fps as soon as one is not.
+    def _pace(self, t: float) -> None:
+        """camera.idle_fps while the pass is quiet (every slot empty or holding a scored dish, nothing moving in
+        any for gate.QUIET_SECONDS), camera.fps from the first frame on which something moves.
 
-        Why this is safe for latency: a plate is carried in by an arm that crosses the slot for far longer than
-        one idle frame interval, so the slot turns busy (and the rate full) before the plate can stand still."""
-        idle = self.cfg.camera.idle_fps > 0 and all(g.state == EMPTY for g in self.gates)
+        Why this is safe for latency: a plate is carried in by an arm that moves in the slot for far longer than
+        one idle frame interval, so the rate is full again before the plate can stand still."""
+        idle = self.cfg.camera.idle_fps > 0 and all(g.quiet(t) for g in self.gates)
         if idle != self.idle:
             self.idle = idle
             fps = self.cfg.camera.idle_fps if idle else self.cfg.camera.fps
             self.grabber.set_fps(fps)
-            log.debug("every slot %s: %.3g fps", "empty" if idle else "watched", fps)
+            log.debug("pass %s: %.3g fps", "quiet" if idle else "active", fps)
 
     def _score(self, gate: SlotGate, img: Any, frame: Any) -> None:
         slot = gate.slot

@@ -70,6 +70,7 @@ GUARD_MIN_THICK = (
 )
 GUARD_CLEAR_FRAMES = 2  # nothing may cross the ring on this many consecutive frames before a score
 GUARD_IDLE_EVERY = 8  # while the slot is empty the ring is only looked at every this many frames (idle CPU)
+QUIET_SECONDS = 1.0  # nothing moved in the slot this long (empty or held): frames may come at camera.idle_fps
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,14 @@ class SlotGate:
         if score:
             self._held = g
         return GateStep(self.state, score, changed, motion, guarded)
+
+    def quiet(self, t: float) -> bool:
+        """Empty or holding a scored dish, and nothing moved in the slot for QUIET_SECONDS.
+
+        Why a held dish counts: plates wait at the pass for their pickup far longer than they take to arrive, and
+        nothing about a still, scored plate needs 15 frames a second; the hand that takes it away or swaps it
+        moves in the slot, which ends the quiet on the next (idle-rate) frame."""
+        return self.state in (EMPTY, OK, ANOMALY) and t - self._last_motion_t >= QUIET_SECONDS
 
     @property
     def public_state(self) -> str:

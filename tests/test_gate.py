@@ -104,6 +104,21 @@ def test_hand_over_held_plate_does_not_rescore_but_swap_does():
     assert scores == []
 
 
+def test_the_slot_is_quiet_when_empty_or_holding_a_still_scored_dish():
+    """SlotGate.quiet lets the daemon drop to camera.idle_fps: never while a dish arrives, waits or is touched."""
+    empty, g = _scene(), _gate()
+    _run(g, [empty] * 10)
+    assert g.state == EMPTY and g.quiet(1.0)
+    plate = _plate(empty)
+    _run(g, [_hand(empty, k) for k in range(5)], t0=1.0)
+    assert g.state == BUSY and not g.quiet(1.5) and not g.quiet(10.0), "busy is never quiet"
+    scores, states = _run(g, [plate] * 30, t0=1.5)  # settles, is scored, then stands still
+    assert len(scores) == 1 and states[-1] == OK
+    assert g.quiet(4.4), "a scored dish that stood still for QUIET_SECONDS"
+    _run(g, [_hand(plate, 0), _hand(plate, 1)], t0=4.5)  # a hand reaches over the held dish
+    assert g.state == OK and not g.quiet(4.6) and g.quiet(5.7)
+
+
 def test_removed_and_put_back_is_a_new_event_and_empty_follows_light():
     empty = _scene()
     g = _gate(empty_seconds=1.0)

@@ -145,8 +145,15 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def _load_tensorflow(args) -> None:
+    if args.command == "fit":  # always needs TensorFlow; evaluate of a bundle does not
+        from train.quiet_tf import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return dispatch(build_parser(), argv)
+    return dispatch(build_parser(), argv, before=_load_tensorflow)
 
 
 if __name__ == "__main__":
