@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import cpu_line, evict_from_page_cache, machine_record  # noqa: E402
+from bench.machine import cpu_line, evict_from_page_cache, library_roots, machine_record  # noqa: E402
 from edge.stats import proc_memory  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -96,7 +96,7 @@ def main() -> int:
     args = ap.parse_args()
     # Before this process maps OpenCV (tests.daemon_helpers): pages it maps cannot be evicted, and the daemon
     # would share them in whatever state they are.
-    evicted = evict_from_page_cache(sys.prefix, args.bundle)
+    evicted = evict_from_page_cache(*library_roots(), args.bundle)
     from edge.config import CameraConfig, GateConfig
     from tests.broker import Broker
     from tests.daemon_helpers import Subscriber, write_config

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bench.machine import cpu_line, evict_from_page_cache, machine_record  # noqa: E402
+from bench.machine import cpu_line, evict_from_page_cache, library_roots, machine_record  # noqa: E402
 
 log = logging.getLogger("bench.latency")
 
@@ -565,7 +565,7 @@ def main() -> int:
     p.add_argument("--keras-worker", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     # before TensorFlow and OpenCV are mapped here: the scorer processes share their pages (bench.machine)
-    evicted = 0 if a.keras_worker else evict_from_page_cache(sys.prefix, a.bundle)
+    evicted = 0 if a.keras_worker else evict_from_page_cache(*library_roots(), a.bundle)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from train.model import DEFAULT_CONFIG
 

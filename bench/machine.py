@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sysconfig
 from pathlib import Path
 
 # flags in /proc/cpuinfo that decide how fast int8 (and float) inference runs, in the order they are reported
@@ -95,3 +96,8 @@ def evict_from_page_cache(*roots: str | Path) -> int:
             finally:
                 os.close(fd)
     return n
+
+
+def library_roots() -> list[str]:
+    """The running interpreter's site-packages folders: where OpenCV, LiteRT and numpy's libraries live."""
+    return sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})

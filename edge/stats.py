@@ -41,11 +41,6 @@ def proc_memory(pid: int | str = "self") -> dict[str, float]:
         return {}
 
 
-def rss_mb() -> float:
-    """Current resident set size (MB), from /proc; falls back to the peak from getrusage."""
-    return proc_memory().get("VmRSS") or peak_rss_mb()
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -70,6 +65,7 @@ class Stats:
         t0, times0, grabbed0, frames0, scored0 = self._mark
         dt = max(1e-6, now - t0)
         inf = np.array(self._inference) if self._inference else np.zeros(1)
+        mem = proc_memory()
         rate_skipped = getattr(grabber, "rate_skipped", 0)
         grabbed = getattr(grabber, "frames", 0) + rate_skipped  # what the camera delivered
         out = {
@@ -88,8 +84,8 @@ class Stats:
             "events": self.events,
             "anomalies": self.anomalies,
             "cpu_percent": round(100.0 * ((t.user + t.system) - (times0.user + times0.system)) / dt, 1),
-            "rss_mb": round(rss_mb(), 1),
-            "rss_anon_mb": proc_memory().get("RssAnon"),  # without the mapped library pages (memory_mb)
+            "rss_mb": round(mem.get("VmRSS") or peak_rss_mb(), 1),  # peak from getrusage without /proc
+            "rss_anon_mb": mem.get("RssAnon"),  # without the mapped library pages (memory_mb)
         }
         self._mark = (now, t, grabbed, self.frames_in, self.scored)
         return out
