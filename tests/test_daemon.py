@@ -176,8 +176,9 @@ def test_clip_gives_one_event_per_plate_and_ends_cleanly(tmp_path, clip, tiny_bu
     assert _retained(broker, f"{BASE}/left/state") in (b"empty", b"ok", b"anomaly", b"busy")
     stats = json.loads(_retained(broker, f"{BASE}/stats"))
     assert stats["camera"] == "ended" and stats["events"] == len(clip["plates"])
-    # Between plates every slot is empty and frames are taken at camera.idle_fps (5 of the clip's 10):
-    # the rest are grabbed, never decoded, and the events above still came one per plate in its still window.
+    # While the pass is quiet (slots empty or holding a still, scored dish) frames are taken at camera.idle_fps
+    # (5 of the clip's 10): the rest are grabbed, never converted, and the events above still came one per plate
+    # in its still window.
     assert stats["frames_rate_skipped"] > 0 and "processed_fps" in stats
     assert 0 < stats["rss_anon_mb"] < stats["rss_mb"]
 
