@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,6 +298,23 @@ def test_fit_without_training_images_is_a_one_line_error(tmp_path):
 def test_evaluate_bad_model_dir_is_a_one_line_error(data_dir, tmp_path):
     proc = run_cli("train", "evaluate", "--model", str(tmp_path), "--data", str(data_dir))
     assert_one_line_error(proc, str(tmp_path))
+
+
+def test_evaluate_of_a_run_fails_in_one_line_after_tensorflow_has_loaded(run_dir, data_dir, tmp_path):
+    """The error comes after the Keras run is loaded: TensorFlow's load-time log lines must not precede it."""
+    good = tmp_path / "d" / "train" / "good"
+    good.mkdir(parents=True)
+    shutil.copy(next((data_dir / "train" / "good").iterdir()), good)
+    proc = run_cli(
+        "train",
+        "evaluate",
+        "--model",
+        str(run_dir),
+        "--data",
+        str(tmp_path / "d"),
+        env={"DISHWATCH_LOG": "WARNING"},
+    )
+    assert_one_line_error(proc, "no test images")
 
 
 def test_evaluate_unknown_method_is_a_one_line_error(run_dir, data_dir):

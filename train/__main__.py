@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from edge.cli import OneLineParser, dispatch, run_main
 from edge.knn import DISTANCES
@@ -146,7 +147,9 @@ def build_parser() -> OneLineParser:
 
 
 def _load_tensorflow(args) -> None:
-    if args.command == "fit":  # always needs TensorFlow; evaluate of a bundle does not
+    """fit always needs TensorFlow, evaluate of a training run too; evaluate of a bundle and synth never do."""
+    keras_run = args.command == "evaluate" and not (Path(args.model) / "bundle.json").is_file()
+    if args.command == "fit" or keras_run:
         from train.quiet_tf import import_tensorflow_quietly
 
         import_tensorflow_quietly()

@@ -3,8 +3,8 @@
 Why: TensorFlow's shared libraries log through absl while they load, before its logging is set up, and
 TF_CPP_MIN_LOG_LEVEL does not reach those lines. On hosts where oneDNN's custom operations are on (Intel CPUs with
 AVX512-VNNI or AMX, the first 2026-11-30 machine) that is five lines on stderr at every `import tensorflow`, so
-`train fit --project 168` printed them above its error. The commands that always need TensorFlow (fit, convert)
-load it through here first; every later `import tensorflow` is then a no-op.
+`train fit --project 168` printed them above its error. The commands that need TensorFlow (fit, convert, evaluate of a
+training run) load it through here first; every later `import tensorflow` is then a no-op.
 """
 
 from __future__ import annotations
