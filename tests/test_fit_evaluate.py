@@ -305,15 +305,8 @@ def test_evaluate_of_a_run_fails_in_one_line_after_tensorflow_has_loaded(run_dir
     good = tmp_path / "d" / "train" / "good"
     good.mkdir(parents=True)
     shutil.copy(next((data_dir / "train" / "good").iterdir()), good)
-    proc = run_cli(
-        "train",
-        "evaluate",
-        "--model",
-        str(run_dir),
-        "--data",
-        str(tmp_path / "d"),
-        env={"DISHWATCH_LOG": "WARNING"},
-    )
+    where = ("--model", str(run_dir), "--data", str(tmp_path / "d"))
+    proc = run_cli("train", "evaluate", *where, env={"DISHWATCH_LOG": "WARNING"})  # only the error on stderr
     assert_one_line_error(proc, "no test images")
 
 
