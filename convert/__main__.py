@@ -1,4 +1,4 @@
-"""`python -m convert --model RUN_DIR --data DIR --out BUNDLE_DIR [--quant int8|float16|float32]`."""
+"""`python -m convert --model RUN_DIR --data DIR --out BUNDLE_DIR [--quant auto|int8|float16|float32]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from edge.cli import OneLineParser, run_main, setup_logging
 
 def build_parser() -> OneLineParser:
     from convert.search import SEARCHES
-    from convert.tflite import DEFAULT_REPRESENTATIVE, IO_TYPES, QUANTS
+    from convert.tflite import AUTO, DEFAULT_REPRESENTATIVE, FALLBACK, IO_TYPES, QUANTS
 
     p = OneLineParser(
         prog="python -m convert",
@@ -24,7 +24,12 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--out", required=True, help="bundle folder to write (replaced atomically when it is a bundle)"
     )
-    p.add_argument("--quant", default="int8", choices=QUANTS, help="int8 (default), float16 or float32")
+    p.add_argument(
+        "--quant",
+        default=AUTO,
+        choices=(AUTO, *QUANTS),
+        help=f"{AUTO} (default: int8, or {FALLBACK} when int8 stays over the parity tolerance), int8, float16 or float32",
+    )
     p.add_argument("--io", default="uint8", choices=IO_TYPES, help="int8 only: input/output tensor type")
     p.add_argument(
         "--representative",
@@ -52,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from convert.bundle_writer import build_bundle
     from convert.tflite import ConvertOptions
 
-    opts = ConvertOptions(
-        quant=args.quant, io=args.io, representative=args.representative, seed=args.seed, search=args.search
+    opts = ConvertOptions.requested(
+        args.quant, io=args.io, representative=args.representative, seed=args.seed, search=args.search
     )
     build_bundle(args.model, args.data, args.out, opts.validate(), name=args.name)
     return 0

@@ -25,6 +25,9 @@ from edge.errors import UserError
 log = logging.getLogger(__name__)
 
 QUANTS = ("int8", "float16", "float32")
+# `--quant auto` (the default): int8, and this instead when int8 stays over the parity tolerance (bundle_writer)
+AUTO = "auto"
+FALLBACK = "float16"
 IO_TYPES = ("uint8", "float32")
 DEFAULT_REPRESENTATIVE = 200
 
@@ -43,10 +46,21 @@ class ConvertOptions:
     # kNN bundles: the fine bank's search as search.tflite ("int8", "float32") or in numpy on the device
     # ("numpy"); convert.search says why
     search: str = "int8"
+    # int8 only: what to ship instead when every int8 attempt stays over the parity tolerance (None: int8 anyway)
+    fallback: str | None = None
+
+    @classmethod
+    def requested(cls, quant: str, **kw) -> ConvertOptions:
+        """The options of `--quant QUANT`; `auto` is int8 with the float16 fallback."""
+        if quant == AUTO:
+            return cls(quant="int8", fallback=FALLBACK, **kw)
+        return cls(quant=quant, **kw)
 
     def validate(self) -> ConvertOptions:
         if self.quant not in QUANTS:
-            raise UserError(f"--quant {self.quant!r}: choose from {', '.join(QUANTS)}")
+            raise UserError(f"--quant {self.quant!r}: choose from {', '.join((AUTO, *QUANTS))}")
+        if self.fallback not in (None, FALLBACK) or (self.fallback and self.quant != "int8"):
+            raise UserError(f"fallback {self.fallback!r}: only int8 falls back, to {FALLBACK}")
         if self.io not in IO_TYPES:
             raise UserError(f"--io {self.io!r}: choose from {', '.join(IO_TYPES)}")
         if self.search not in SEARCHES:

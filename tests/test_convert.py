@@ -14,6 +14,7 @@ import pytest
 from convert.parity import parity_report, spearman
 from edge import scoring
 from edge.bundle import sha256_file
+from edge.errors import UserError
 from edge.interpreter import load_interpreter
 from edge.preprocess import InputSpec, preprocess, read_image
 from edge.scorer import Scorer
@@ -156,6 +157,74 @@ def test_convert_ships_the_attempt_whose_validation_scores_moved_least():
     closest_on_val = SimpleNamespace(val_drift=0.01, loss=0.004)
     assert choose_attempt([best_on_test, closest_on_val]) is closest_on_val
     assert choose_attempt([best_on_test]) is best_on_test
+
+
+def test_auto_falls_back_to_float16_only_when_every_int8_attempt_misses_parity():
+    """The planning and the stop rule of `--quant auto`, with the measurement replaced by a parity verdict."""
+    from types import SimpleNamespace
+
+    from convert.bundle_writer import attempts, convert_until_faithful
+    from convert.tflite import ConvertOptions
+
+    auto = ConvertOptions.requested("auto", representative=50, seed=3, search="numpy").validate()
+    assert (auto.quant, auto.fallback) == ("int8", "float16")
+    plan = attempts(auto, n_train=400)
+    assert [(o.quant, o.representative, o.augment) for o in plan] == [
+        ("int8", 50, True),
+        ("int8", 200, False),
+        ("float16", 200, True),  # float16 ignores the representative images
+    ]
+    assert (plan[-1].seed, plan[-1].search, plan[-1].fallback) == (3, "numpy", None)
+    assert [o.quant for o in attempts(ConvertOptions.requested("int8"), 400)] == ["int8", "int8"]
+    assert [o.quant for o in attempts(ConvertOptions.requested("float16"), 400)] == ["float16"]
+
+    def verdicts(*ok):
+        made = []
+
+        def measure(opts):
+            made.append(opts.quant)
+            return SimpleNamespace(opts=opts, parity={"within_tolerance": ok[len(made) - 1]}, loss=0.01)
+
+        return made, measure
+
+    made, measure = verdicts(False, False, True)
+    assert [c.opts.quant for c in convert_until_faithful(plan, measure)] == ["int8", "int8", "float16"]
+    made, measure = verdicts(True, True, True)
+    assert [c.opts.quant for c in convert_until_faithful(plan, measure)] == made == ["int8"]
+    made, measure = verdicts(
+        None, False, True
+    )  # parity undefined (one class in test): nothing to fall back on
+    assert len(convert_until_faithful(plan, measure)) == 1 and made == ["int8"]
+    made, measure = verdicts(False, False)
+    assert len(convert_until_faithful(plan[:2], measure)) == 2  # --quant int8: int8 whatever parity says
+    with pytest.raises(UserError, match="fallback"):
+        ConvertOptions(quant="float16", fallback="float16").validate()
+
+
+def test_auto_ships_float16_when_int8_misses_parity(tiny_run, tiny_dataset, tmp_path, caplog):
+    """The whole fallback through real conversions. Parity is forced to fail with an impossible tolerance (no
+    AUROC loss of a tiny model is reliably over 0.005), so every attempt is made and float16, whose scores of the
+    good validation images move least from the float model's, ships."""
+    from convert.bundle_writer import build_bundle
+    from convert.tflite import ConvertOptions
+
+    out = tmp_path / "fallback"
+    with caplog.at_level("WARNING", logger="convert.bundle_writer"):
+        b = build_bundle(
+            str(tiny_run), str(tiny_dataset), str(out), ConvertOptions.requested("auto"), tolerance=-1
+        )
+    assert b["quantization"]["type"] == "float16" and b["input"]["dtype"] == "float32"
+    tried = b["parity"]["attempts"]
+    assert [a["quantization"]["type"] for a in tried] == ["int8", "int8", "float16"]
+    assert [a["chosen"] for a in tried] == [False, False, True]
+    assert tried[2]["val_score_rel_diff"] < min(
+        tried[0]["val_score_rel_diff"], tried[1]["val_score_rel_diff"]
+    )
+    assert b["parity"]["fallback"] == "float16" and _json(out / "parity.json") == b["parity"]
+    assert "shipping float16 instead" in caplog.text
+    scorer = Scorer(out, threads=1)  # the device loads it, and its threshold is the float16 model's own
+    assert scorer.bundle.raw["quantization"]["type"] == "float16"
+    assert b["metrics"]["image_auroc"] == tried[2]["image_auroc"]
 
 
 def test_same_decision_as_the_float_model_on_clear_cases(tiny_bundle, float_model, tiny_dataset):
