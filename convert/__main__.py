@@ -28,7 +28,7 @@ def build_parser() -> OneLineParser:
         "--quant",
         default=AUTO,
         choices=(AUTO, *QUANTS),
-        help=f"{AUTO} (default: int8, or {FALLBACK} when int8 stays over the parity tolerance), int8, float16 or float32",
+        help=f"{AUTO} (default: int8, or {FALLBACK} when int8 misses the parity tolerance), int8, float16, float32",
     )
     p.add_argument("--io", default="uint8", choices=IO_TYPES, help="int8 only: input/output tensor type")
     p.add_argument(
