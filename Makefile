@@ -87,7 +87,7 @@ KNN_IMAGE_SIZE = $(or $(IMAGE_SIZE),224)
 KNN_CORESET = $(or $(CORESET),0.02)
 
 .PHONY: bench-latency model-cae
-model: setup  ## synth $(PRESET) -> fit --method effnet-knn -> convert int8 into models/default (CORESET=0.02)
+model: setup  ## synth $(PRESET) -> fit --method effnet-knn -> convert (int8 where it holds parity) into models/default (CORESET=0.02)
 	test -d $(DATA) || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
 	$(PY) -m train fit --method effnet-knn --data $(DATA) --out runs/default --image-size $(KNN_IMAGE_SIZE) \
 		--coreset $(KNN_CORESET)
@@ -99,7 +99,7 @@ model: setup  ## synth $(PRESET) -> fit --method effnet-knn -> convert int8 into
 MODEL_EPOCHS = $(or $(EPOCHS),200)
 MODEL_CONFIG = $(or $(CONFIG),half)
 
-model-cae: setup  ## synth $(PRESET) -> fit the Inception CAE -> convert int8 into models/cae (EPOCHS=200 CONFIG=half)
+model-cae: setup  ## synth $(PRESET) -> fit the Inception CAE -> convert (auto) into models/cae (EPOCHS=200 CONFIG=half)
 	test -d $(DATA) || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
 	$(PY) -m train fit --data $(DATA) --out runs/cae --epochs $(MODEL_EPOCHS) --config $(MODEL_CONFIG)
 	$(PY) -m convert --model runs/cae --data $(DATA) --out models/cae --name cae

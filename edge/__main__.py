@@ -16,6 +16,15 @@ def build_parser() -> OneLineParser:
     s = sub.add_parser("score", help="score images with a bundle; one JSON object per line")
     s.add_argument("--bundle", required=True, help="bundle folder (model.tflite + bundle.json)")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument(
+        "--threshold", type=float, default=0.0, help="compare against this score instead of the bundle's"
+    )
+    s.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.0,
+        help="the threshold at this false-positive rate on the bundle's held-out good scores (e.g. 0.05)",
+    )
     s.add_argument("images", nargs="+", help="image files")
     s.set_defaults(handler="edge.score_cli:cli_main")
 

@@ -13,11 +13,12 @@ import os
 import re
 import sys
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from edge.calibration import ThresholdOverride
 from edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ class GateConfig:
 class ModelConfig:
     bundle: str = "models/default"
     threads: int = 2
+    # the kitchen's own trade of false alarms against recall, instead of the bundle's calibrated threshold
+    # (edge.calibration): an absolute score, or a false-positive rate on the bundle's held-out good scores; 0 = not set
+    threshold: float = 0.0
+    target_fpr: float = 0.0
+
+    @property
+    def threshold_override(self) -> ThresholdOverride:
+        return ThresholdOverride(self.threshold, self.target_fpr)
 
 
 @dataclass(frozen=True)
@@ -290,9 +299,10 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
         slots.append(SlotConfig(sid, tuple(rect)))
 
     model = _build(ModelConfig, data.get("model", {}), "model")
-    model = ModelConfig(bundle=_resolve_path(base, model.bundle), threads=model.threads)
+    model = replace(model, bundle=_resolve_path(base, model.bundle))
     if model.threads < 1:
         raise UserError(f"model.threads: must be >= 1, got {model.threads}")
+    model.threshold_override.validate()
     bundle = Path(model.bundle)
     if not (bundle / "bundle.json").is_file() or not (bundle / "model.tflite").is_file():
         raise UserError(f"model.bundle: {bundle} is not a bundle folder (needs bundle.json and model.tflite)")

@@ -14,6 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 
+def significant(x: float, digits: int = 7) -> float:
+    """`x` to `digits` significant digits: payloads stay short without rounding a small score (an MSE, or a
+    kitchen's own model.threshold) to zero, as a fixed number of decimals would."""
+    return float(f"{float(x):.{digits}g}")
+
+
 def iso_utc(wall: float) -> str:
     """ISO 8601 UTC with milliseconds and a Z."""
     return (
@@ -34,7 +40,7 @@ def make_event(
     """The event for one scored dish; `result` is a scorer ScoreResult, regions move from crop to frame pixels."""
     ox, oy = frame_offset
     regions = [
-        {"x": r.x + ox, "y": r.y + oy, "w": r.w, "h": r.h, "score": round(float(r.score), 6)}
+        {"x": r.x + ox, "y": r.y + oy, "w": r.w, "h": r.h, "score": significant(r.score)}
         for r in result.regions
     ]
     return {
@@ -43,8 +49,8 @@ def make_event(
         "slot": slot,
         "ts": iso_utc(time.time() if wall is None else wall),
         "verdict": "anomaly" if result.anomalous else "ok",
-        "score": round(float(result.score), 6),
-        "threshold": round(float(result.threshold), 6),
+        "score": significant(result.score),
+        "threshold": significant(result.threshold),
         "severity": round(float(result.score) / float(result.threshold), 4),
         "regions": regions,
         "model": {"name": model["name"], "sha256": model["sha256"]},

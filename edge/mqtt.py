@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from edge.config import MqttConfig
 from edge.discovery import discovery_payload, discovery_topic
 from edge.errors import UserError
+from edge.events import significant
 from edge.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Publisher:
         self._publish_retained(f"{self.base}/{slot}/state", state.encode(), 1)
 
     def publish_score(self, slot: str, score: float) -> None:
-        self._publish_retained(f"{self.base}/{slot}/score", repr(round(float(score), 6)).encode(), 0)
+        self._publish_retained(f"{self.base}/{slot}/score", repr(significant(score)).encode(), 0)
 
     def publish_snapshot(self, slot: str, jpeg: bytes) -> None:
         self._publish_retained(f"{self.base}/{slot}/snapshot", bytes(jpeg), 0)

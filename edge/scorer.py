@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edge.bundle import KNN_METHODS, BundleInfo, TensorInfo, read_bundle
+from edge.calibration import ThresholdOverride
 from edge.errors import UserError
+from edge.events import significant
 from edge.interpreter import load_interpreter
 from edge.knn import load_bank
 from edge.preprocess import resize_to_input, to_model_float
@@ -49,7 +51,7 @@ class Region:
     score: float
 
     def to_json(self) -> dict:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": round(self.score, 6)}
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": significant(self.score)}
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,13 @@ class Scorer:
             b.threshold,
             b.sha256[:12],
         )
+
+    def use_threshold(self, override: ThresholdOverride) -> str:
+        """Compare scores against the kitchen's own threshold or false-positive rate instead of the bundle's
+        (edge.calibration); returns where the threshold now comes from, for the log."""
+        threshold, source = override.validate().resolve(self.bundle)
+        self.bundle = replace(self.bundle, threshold=threshold)
+        return source
 
     def _output_shape(self, input_shape: list[int]) -> list[int]:
         """A reconstruction has the input's shape; a feature grid is (1, h, w, D) with D the bank's (Bank.dim)."""

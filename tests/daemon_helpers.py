@@ -34,7 +34,8 @@ def write_config(
     lines = ["[camera]"] + [f"{k} = {json.dumps(v)}" for k, v in cam.items()]
     for s in slots:
         lines += ["[[slots]]", f'id = "{s["id"]}"', f"rect = {json.dumps(list(s['rect']))}"]
-    lines += ["[model]", f'bundle = "{bundle}"', "threads = 1"]
+    model = {"bundle": str(bundle), "threads": 1, **extra.pop("model", {})}
+    lines += ["[model]"] + [f"{k} = {json.dumps(v)}" for k, v in model.items()]
     mq = {"url": mqtt_url, "spool": str(spool), "stats_interval_s": 2.0, **extra.pop("mqtt", {})}
     lines += ["[mqtt]"] + [f"{k} = {json.dumps(v)}" for k, v in mq.items()]
     for section, table in extra.items():

@@ -183,7 +183,9 @@ def test_auto_falls_back_to_float16_only_when_every_int8_attempt_misses_parity()
 
         def measure(opts):
             made.append(opts.quant)
-            return SimpleNamespace(opts=opts, parity={"within_tolerance": ok[len(made) - 1]}, loss=0.01)
+            return SimpleNamespace(
+                opts=opts, parity={"within_tolerance": ok[len(made) - 1], "tolerance": 0.005}, loss=0.01
+            )
 
         return made, measure
 

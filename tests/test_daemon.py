@@ -183,6 +183,16 @@ def test_clip_gives_one_event_per_plate_and_ends_cleanly(tmp_path, clip, tiny_bu
     assert 0 < stats["rss_anon_mb"] < stats["rss_mb"]
 
 
+def test_the_kitchens_threshold_decides_every_verdict(tmp_path, clip, tiny_bundle, broker):
+    """`model.threshold` replaces the bundle's: far below every score, each plate is an anomaly, published
+    with the threshold it was compared against."""
+    d = Daemon(_config(tmp_path, clip, tiny_bundle, broker.url, model={"threshold": 1e-9}))
+    assert d.wait() == 0, d.stderr()[-3000:]
+    assert len(d.events) == len(clip["plates"])
+    assert all(e["verdict"] == "anomaly" and e["threshold"] == 1e-9 for e in d.events), d.events
+    assert "threshold 1e-09: model.threshold" in d.stderr()
+
+
 def test_broker_outage_of_10_s_loses_no_event(tmp_path, clip, tiny_bundle, broker):
     sub = Subscriber(broker.host, broker.port, f"{BASE}/events")
     d = Daemon(_config(tmp_path, clip, tiny_bundle, broker.url))
@@ -283,6 +293,8 @@ def test_notify_ready_watchdog_only_while_frames_flow_and_sigterm(tmp_path, clip
         ({"camera": {"fps": "fast"}}, "camera.fps"),
         ({"camera": {"idle_fps": 30}}, "camera.idle_fps"),  # over camera.fps (10)
         ({"model_bundle": "/nonexistent/bundle"}, "model.bundle"),
+        ({"model": {"target_fpr": 1.5}}, "model.target_fpr"),
+        ({"model": {"threshold": 1.2, "target_fpr": 0.05}}, "model.threshold and model.target_fpr"),
         ({"mqtt": {"password_file": "/nonexistent/secret"}}, "mqtt.password_file"),
     ],
 )

@@ -1,6 +1,6 @@
 """The alert threshold, chosen on held-out good images only (never on test images).
 
-Rule (also in the README, "Training and evaluation"):
+Rule (edge.calibration applies it, so the device can too; also in the README, "Training and evaluation"):
 
 - Target: a false-positive rate `target_fpr` on good dishes (default 1 %).
 - Large validation set, n >= ceil(1 / target_fpr) (n >= 100 for 1 %): the threshold is the empirical
@@ -22,17 +22,15 @@ Rule (also in the README, "Training and evaluation"):
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
-from edge.errors import UserError
+from edge.calibration import DEFAULT_MARGIN, DEFAULT_TARGET_FPR, good_scores_for_bundle, threshold_rule
 from train.metrics import best_f1_threshold
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET_FPR = 0.01
-DEFAULT_MARGIN = 0.10
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_TARGET_FPR", "calibrate_threshold"]
 
 
 def calibrate_threshold(
@@ -42,28 +40,18 @@ def calibrate_threshold(
     anomalous_scores=None,
     split: str = "val",
 ) -> dict:
-    """Threshold for `score > threshold` => anomaly, plus how it was chosen (stored in config.json / bundle.json)."""
-    s = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
-    n = int(s.size)
-    if n == 0:
-        raise UserError("calibration: no held-out good images (the validation split is empty)")
-    if not np.all(np.isfinite(s)):
-        raise UserError("calibration: non-finite scores on the validation images (did training diverge?)")
-    if not 0 < target_fpr < 1:
-        raise UserError(f"calibration: target_fpr must be in (0, 1), got {target_fpr}")
-    n_needed = math.ceil(1.0 / target_fpr - 1e-9)
-    if n >= n_needed:
-        rule = "quantile"
-        allowed_above = int(math.floor(target_fpr * n + 1e-9))
-        threshold = float(s[n - 1 - allowed_above])
-    else:
-        rule = "max_margin"
-        threshold = float(s[-1] * (1.0 + margin))
+    """Threshold for `score > threshold` => anomaly, plus how it was chosen (stored in config.json / bundle.json).
+
+    `good_scores` are stored too: the device applies the same rule to them when a kitchen sets its own
+    false-positive rate (edge.calibration)."""
+    r = threshold_rule(good_scores, target_fpr, margin)
+    s = np.asarray(good_scores_for_bundle(good_scores))
+    n, rule, threshold = r.n, r.rule, r.threshold
     info = {
         "threshold": threshold,
         "rule": rule,
         "n": n,
-        "n_needed_for_quantile": n_needed,
+        "n_needed_for_quantile": r.n_needed_for_quantile,
         "target_fpr": target_fpr,
         "margin": margin if rule == "max_margin" else None,
         "val_fpr": float(np.mean(s > threshold)),
@@ -71,6 +59,7 @@ def calibrate_threshold(
         "val_score_median": float(np.median(s)),
         "val_score_max": float(s[-1]),
         "split": split,
+        "good_scores": s.tolist(),
     }
     if anomalous_scores is not None and len(anomalous_scores):
         a = np.asarray(anomalous_scores, dtype=np.float64).ravel()
