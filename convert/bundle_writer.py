@@ -564,7 +564,13 @@ def build_bundle(
             "threshold": cal["threshold"],
             "calibration": {**cal, "on": "converted model", "float_threshold": config.get("threshold")},
             "metrics": evaluate_scores(
-                test.samples, best.scores, best.maps, cal["threshold"], method, model_name
+                test.samples,
+                best.scores,
+                best.maps,
+                cal["threshold"],
+                method,
+                model_name,
+                good_scores=cal["good_scores"],
             ),
             "parity": parity,
             "training": _training_record(config, model_dir, run_fp, fingerprint),

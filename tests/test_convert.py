@@ -115,7 +115,17 @@ def test_bundle_metrics_are_the_evaluate_output_of_this_tflite(tiny_bundle, tiny
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluated = _json(tmp_path / "m.json")
     stored = _json(tiny_bundle / "bundle.json")["metrics"]
-    for key in ("image_auroc", "pixel_auroc", "f1", "threshold", "n_good", "n_anomalous", "confusion"):
+    keys = (
+        "image_auroc",
+        "pixel_auroc",
+        "f1",
+        "threshold",
+        "n_good",
+        "n_anomalous",
+        "confusion",
+        "operating_points",
+    )
+    for key in keys:
         assert evaluated[key] == stored[key], key
 
 

@@ -171,6 +171,26 @@ def test_evaluate_scores_core_from_given_scores(data_dir):
     assert r["confusion"] == {"tp": 12, "fp": 0, "fn": 0, "tn": 12}
     r2 = evaluate_scores(test, scores, None, threshold=1.05, score_method="mse", model_name="hand")
     assert r2["pixel_auroc"] is None and r2["recall"] < 1.0
+    assert "operating_points" not in r2  # no calibration scores given
+
+
+def test_operating_points_apply_the_device_rule_to_the_calibration_scores(data_dir):
+    """100 held-out good scores 0.00..0.99: at a rate f the threshold is the order statistic with floor(100 f)
+    above it (0.98, 0.97, 0.94, 0.89, 0.79); half the defects score 0.95 and half 0.85, the good ones 0."""
+    from train.data import load_dataset
+    from train.evaluate import OPERATING_FPRS, evaluate_scores
+
+    test = load_dataset(data_dir).split("test")
+    labels = np.array([s.anomalous for s in test])
+    scores = np.zeros(len(test))
+    anomalous = np.flatnonzero(labels)
+    scores[anomalous[::2]], scores[anomalous[1::2]] = 0.95, 0.85
+    r = evaluate_scores(test, scores, None, 0.5, "mse", "hand", good_scores=list(np.arange(100) / 100))
+    points = r["operating_points"]
+    assert [p["target_fpr"] for p in points] == list(OPERATING_FPRS)
+    assert [p["threshold"] for p in points] == pytest.approx([0.98, 0.97, 0.94, 0.89, 0.79])
+    assert [p["recall"] for p in points] == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert all(p["fpr"] == 0.0 and p["rule"] == "quantile" for p in points)
 
 
 def test_ctrl_c_leaves_a_usable_checkpoint(data_dir, tmp_path):
@@ -377,5 +397,10 @@ def test_evaluate_on_the_synthetic_generator_output(run_dir, tmp_path):
     assert {k: v["n"] for k, v in m["per_severity"].items()} == expected
     assert set(expected) <= {"obvious", "moderate", "subtle"} and sum(expected.values()) == m["n_anomalous"]
     assert "Per severity" in (tmp_path / "report" / "index.html").read_text()
+    # what each device-side false-positive rate would catch, from the run's own calibration scores
+    points = m["operating_points"]
+    assert len(points) == 5 and all(set(p["recall_per_severity"]) == set(expected) for p in points)
+    assert [p["threshold"] for p in points] == sorted((p["threshold"] for p in points), reverse=True)
+    assert "Operating points" in (tmp_path / "report" / "index.html").read_text()
     assert 0.0 <= m["image_auroc"] <= 1.0 and m["pixel_auroc"] is not None
     assert (tmp_path / "report" / "histograms.png").stat().st_size > 1000

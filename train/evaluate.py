@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import scoring
+from edge.calibration import threshold_rule
 from edge.errors import UserError
 from edge.preprocess import InputSpec
 from train import metrics
@@ -42,6 +43,43 @@ def load_masks(samples: Sequence, shape: tuple[int, int]) -> np.ndarray | None:
     return np.stack([read_mask(s, shape) for s in samples]).astype(bool)
 
 
+# false-positive rates a kitchen might set on the device (model.target_fpr); `operating_points` says what each
+# would catch on the test split
+OPERATING_FPRS = (0.01, 0.02, 0.05, 0.10, 0.20)
+
+
+def operating_points(samples: Sequence, scores, good_scores) -> list[dict]:
+    """At each of OPERATING_FPRS: the threshold the device would compare against (edge.calibration's rule on the
+    held-out good scores, exactly as `model.target_fpr` sets it) and what it flags on these test samples.
+
+    Why: the bundle's threshold is one point of the trade between false alarms and caught defects; this is the
+    table a kitchen picks its own point from, measured on images the threshold never saw."""
+    s = np.asarray(scores, dtype=np.float64)
+    labels = np.array([smp.anomalous for smp in samples], dtype=bool)
+    severities = sorted(
+        {smp.severity for smp in samples if smp.anomalous and getattr(smp, "severity", None)},
+        key=lambda k: (SEVERITY_ORDER.get(k, len(SEVERITY_ORDER)), k),
+    )
+    rows = []
+    for fpr in OPERATING_FPRS:
+        rule = threshold_rule(good_scores, fpr)
+        flagged = s > rule.threshold
+        row = {
+            "target_fpr": fpr,
+            "threshold": rule.threshold,
+            "rule": rule.rule,
+            "recall": _round(flagged[labels].mean()) if labels.any() else None,
+            "fpr": _round(flagged[~labels].mean()) if (~labels).any() else None,
+        }
+        if severities:
+            row["recall_per_severity"] = {
+                v: _round(flagged[np.array([smp.anomalous and smp.severity == v for smp in samples])].mean())
+                for v in severities
+            }
+        rows.append(row)
+    return rows
+
+
 def evaluate_scores(
     samples: Sequence,
     scores,
@@ -50,10 +88,12 @@ def evaluate_scores(
     score_method: str,
     model_name: str,
     masks: np.ndarray | None = None,
+    good_scores=None,
 ) -> dict:
     """Metrics of one score method on the test samples (DESIGN §3 keys plus confusion counts and per-defect recall).
 
-    `per_severity` (extension) is added when the samples carry severities (the synthetic sets' meta.json).
+    `per_severity` (extension) is added when the samples carry severities (the synthetic sets' meta.json);
+    `operating_points` (extension) when the held-out good scores the threshold was calibrated on are given.
 
     `masks` defaults to the samples' ground-truth masks read at the maps' resolution.
     """
@@ -97,6 +137,7 @@ def evaluate_scores(
         "confusion": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
         "per_defect": versus_good("defect"),
         **({"per_severity": per_severity} if per_severity else {}),
+        **({"operating_points": operating_points(samples, s, good_scores)} if good_scores else {}),
         "score_method": score_method,
         "model": model_name,
     }
@@ -198,6 +239,17 @@ def _bundle_scores(bundle_dir: Path, data: str, methods_arg: str | None):
     return test, x, results, name, b.input, primary
 
 
+def _calibration_scores(path: Path) -> list | None:
+    """The held-out good scores the primary threshold was calibrated on (bundle.json or the run's config.json
+    `calibration.good_scores`); None for a bundle or run from before they were stored."""
+    meta = path / ("bundle.json" if (path / "bundle.json").is_file() else "config.json")
+    try:
+        scores = (json.loads(meta.read_text()).get("calibration") or {}).get("good_scores")
+    except (OSError, ValueError):
+        return None
+    return scores if isinstance(scores, list) and scores else None
+
+
 def evaluate(
     model_dir: str, data: str, json_out: str | None, report_dir: str | None, methods_arg: str | None
 ) -> dict:
@@ -215,7 +267,8 @@ def evaluate(
     table = {}
     for m in methods:
         scores, maps, threshold, params = results[m]
-        table[m] = evaluate_scores(samples, scores, maps, threshold, m, name)
+        good = _calibration_scores(path) if m == primary else None
+        table[m] = evaluate_scores(samples, scores, maps, threshold, m, name, good_scores=good)
         table[m]["score_params"] = params
     result = dict(table[primary])
     if len(methods) > 1:

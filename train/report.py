@@ -183,6 +183,26 @@ def write_report(
         per_severity = "<h2>Per severity (each severity vs the good test images)</h2>" + versus_good(
             "severity"
         )
+    points = ""
+    if result.get("operating_points"):
+        sev = list(result["operating_points"][0].get("recall_per_severity") or {})
+        points = (
+            "<h2>Operating points (the device's <code>model.target_fpr</code>: its threshold on the held-out good"
+            " scores, and what it flags here)</h2>"
+            + _table(
+                ["target FPR", "threshold", "recall", "test FPR", *(f"recall {v}" for v in sev)],
+                [
+                    (
+                        p["target_fpr"],
+                        p["threshold"],
+                        p["recall"],
+                        p["fpr"],
+                        *((p.get("recall_per_severity") or {}).get(v) for v in sev),
+                    )
+                    for p in result["operating_points"]
+                ],
+            )
+        )
     methods = ""
     if "methods" in result:
         methods = "<h2>Score methods</h2>" + _table(
@@ -209,6 +229,7 @@ class is positive. The threshold was set on validation images, not on this test 
 <h2>Summary</h2>{summary}
 <h2>Per defect (each defect vs the good test images)</h2>{per_defect}
 {per_severity}
+{points}
 {methods}
 <h2>ROC</h2><img src="roc.png" alt="ROC curve">
 <h2>Score histograms</h2><img src="histograms.png" alt="score histograms per defect">
