@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def attempts(opts: ConvertOptions, n_train: int) -> list[ConvertOptions]:
     return tries
 
 
-def convert_until_faithful(tries: list[ConvertOptions], measure) -> list[Conversion]:
+def convert_until_faithful(
+    tries: list[ConvertOptions], measure: Callable[[ConvertOptions], Conversion]
+) -> list[Conversion]:
     """Each of `tries` converted and measured by `measure(opts) -> Conversion`, until one holds parity (or parity
     is undefined: a test split of one class); every conversion made, in order, for `choose_attempt`."""
     done: list[Conversion] = []
@@ -296,36 +299,44 @@ def _score_split(scorer: Scorer, split: Split) -> tuple[np.ndarray, np.ndarray, 
     return (*score_features(scorer.bank, outs, hw, float(b.score_params["sigma"])), outs)
 
 
-def _convert_and_measure(
-    model,
-    opts,
-    staging,
-    base,
-    train,
-    val_good,
-    val_anom,
-    test,
-    float_ref,
-    float_val,
-    target_fpr,
-    knn,
-    tolerance,
-):
-    """Convert once, load it as the device would, recalibrate on val good, score test, compare with float."""
+@dataclass(frozen=True)
+class Measure:
+    """What every conversion attempt is measured against: `measure(opts)` converts once, loads the model as the
+    device would, recalibrates on the good validation images, scores the test split and compares with float."""
+
+    model: object  # the Keras model
+    staging: Path
+    base: dict  # bundle.json fields every attempt shares
+    train: Split
+    val_good: Split
+    val_anom: Split
+    test: Split
+    float_ref: tuple  # (labels, float scores, float outputs) of the test split (_float_reference)
+    float_val: np.ndarray  # the float model's scores of the good validation images
+    target_fpr: float
+    knn: KnnSource | None
+    tolerance: float
+
+    def __call__(self, opts: ConvertOptions) -> Conversion:
+        return _convert_and_measure(self, opts)
+
+
+def _convert_and_measure(m: Measure, opts: ConvertOptions) -> Conversion:
+    """One attempt (Measure says why); `knn` is built from this conversion's own features."""
     from train.calibrate import calibrate_threshold
     from train.knn_fit import calibrate_knn
 
     rep = (
-        representative_images(train.x, opts.representative, opts.seed, opts.augment)
+        representative_images(m.train.x, opts.representative, opts.seed, opts.augment)
         if opts.quant == "int8"
         else None
     )
-    flat = convert_model(model, opts, rep)
-    scorer, knn = _stage(staging, flat, {**base, "quantization": opts.to_json()}, knn, opts.search)
-    val_scores = _score_split(scorer, val_good)[0]
-    anom_scores = _score_split(scorer, val_anom)[0] if len(val_anom.x) else None
+    flat = convert_model(m.model, opts, rep)
+    scorer, knn = _stage(m.staging, flat, {**m.base, "quantization": opts.to_json()}, m.knn, opts.search)
+    val_scores = _score_split(scorer, m.val_good)[0]
+    anom_scores = _score_split(scorer, m.val_anom)[0] if len(m.val_anom.x) else None
     if knn is None:
-        cal = calibrate_threshold(val_scores, target_fpr=target_fpr, anomalous_scores=anom_scores)
+        cal = calibrate_threshold(val_scores, target_fpr=m.target_fpr, anomalous_scores=anom_scores)
     else:
         b = scorer.bundle
         cal = calibrate_knn(
@@ -334,16 +345,16 @@ def _convert_and_measure(
             knn.keep,
             val_scores,
             (b.input.height, b.input.width),
-            target_fpr,
+            m.target_fpr,
             float(b.score_params["sigma"]),
             anom_scores,
             knn.source,
         )
-    q_scores, q_maps, q_out = _score_split(scorer, test)
-    labels, float_scores, float_out = float_ref
+    q_scores, q_maps, q_out = _score_split(scorer, m.test)
+    labels, float_scores, float_out = m.float_ref
     kind = "feature" if knn is not None else "recon"
-    parity = parity_report(labels, float_scores, q_scores, float_out, q_out, tolerance, kind=kind)
-    return Conversion(opts, flat, cal, q_scores, q_maps, parity, knn, score_rel_diff(float_val, val_scores))
+    parity = parity_report(labels, float_scores, q_scores, float_out, q_out, m.tolerance, kind=kind)
+    return Conversion(opts, flat, cal, q_scores, q_maps, parity, knn, score_rel_diff(m.float_val, val_scores))
 
 
 def _float_reference(model_dir, model, config, test: Split, method: str, params: dict):
@@ -491,24 +502,21 @@ def build_bundle(
         "threshold": float(config.get("threshold") or 1.0),  # provisional: recalibrated below
     }
     try:
-        tried = convert_until_faithful(
-            attempts(opts, len(train.x)),
-            lambda attempt: _convert_and_measure(
-                model,
-                attempt,
-                staging,
-                base,
-                train,
-                val_good,
-                val_anom,
-                test,
-                float_ref,
-                float_val,
-                target_fpr,
-                knn,
-                tolerance,
-            ),
+        measure = Measure(
+            model,
+            staging,
+            base,
+            train,
+            val_good,
+            val_anom,
+            test,
+            float_ref,
+            float_val,
+            target_fpr,
+            knn,
+            tolerance,
         )
+        tried = convert_until_faithful(attempts(opts, len(train.x)), measure)
         best = choose_attempt(tried)
         parity = {
             **best.parity,
