@@ -13,7 +13,6 @@ above it (`quantile`); with fewer, that quantile lies beyond the data, so it is 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ import numpy as np
 
 from edge.bundle import BundleInfo
 from edge.errors import UserError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_FPR = 0.01
 DEFAULT_MARGIN = 0.10

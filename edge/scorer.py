@@ -173,6 +173,9 @@ class Scorer:
         """`bank_rows`: keep the fine bank rows in memory even when its search model holds them (convert's
         held-out calibration searches them in numpy; the device never does, edge.knn.load_bank)."""
         self.bundle: BundleInfo = read_bundle(bundle_dir)
+        self.bundle_threshold = (
+            self.bundle.threshold
+        )  # as calibrated; use_threshold may replace bundle.threshold
         where = f"bundle {Path(bundle_dir)}"
         b = self.bundle
         # the bank is verified like the model, before anything is loaded into an interpreter
@@ -205,7 +208,8 @@ class Scorer:
     def use_threshold(self, override: ThresholdOverride) -> str:
         """Compare scores against the kitchen's own threshold or false-positive rate instead of the bundle's
         (edge.calibration); returns where the threshold now comes from, for the log."""
-        threshold, source = override.validate().resolve(self.bundle)
+        as_shipped = replace(self.bundle, threshold=self.bundle_threshold)  # a second call starts from it too
+        threshold, source = override.validate().resolve(as_shipped)
         self.bundle = replace(self.bundle, threshold=threshold)
         return source
 

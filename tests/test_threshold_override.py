@@ -64,6 +64,7 @@ def test_an_absolute_threshold_decides_the_verdict_and_scales_the_heat_map(tiny_
         assert r.score == pytest.approx(base.score, rel=1e-6)
         assert r.heatmap.max() == pytest.approx(base.heatmap.max() * base.threshold / r.threshold, rel=1e-4)
         assert bool(r.regions) is anomalous
+    assert s.use_threshold(ThresholdOverride()) == "the bundle's" and s.bundle.threshold == base.threshold
 
 
 def test_a_bundle_without_stored_scores_refuses_a_rate_but_takes_a_threshold(tiny_bundle, tmp_path):
