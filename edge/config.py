@@ -306,6 +306,13 @@ def parse(data: dict, path: str | Path = "<config>") -> Config:
     bundle = Path(model.bundle)
     if not (bundle / "bundle.json").is_file() or not (bundle / "model.tflite").is_file():
         raise UserError(f"model.bundle: {bundle} is not a bundle folder (needs bundle.json and model.tflite)")
+    if (
+        model.target_fpr
+    ):  # check-config reports a bundle without calibration scores, not only the daemon's start
+        from edge.bundle import read_bundle
+        from edge.calibration import stored_good_scores
+
+        stored_good_scores(read_bundle(bundle, verify_hash=False), "model.target_fpr")
 
     mqtt = _build(MqttConfig, data.get("mqtt", {}), "mqtt", skip=("password",))
     check_mqtt_url(mqtt.url)

@@ -24,6 +24,16 @@ def _good_image(dataset):
     return next(p for p in sorted((dataset / "test" / "good").rglob("*.png")))
 
 
+def _without_scores(bundle, tmp_path):
+    """A copy of `bundle` as converted before bundles stored their calibration scores."""
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["calibration"]["good_scores"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    return old
+
+
 def test_the_bundle_stores_its_good_scores_and_the_rule_gives_its_threshold_back(tiny_bundle):
     s = Scorer(tiny_bundle, threads=1)
     cal = s.bundle.calibration
@@ -68,16 +78,26 @@ def test_an_absolute_threshold_decides_the_verdict_and_scales_the_heat_map(tiny_
 
 
 def test_a_bundle_without_stored_scores_refuses_a_rate_but_takes_a_threshold(tiny_bundle, tmp_path):
-    old = tmp_path / "old"
-    shutil.copytree(tiny_bundle, old)
-    meta = json.loads((old / "bundle.json").read_text())
-    del meta["calibration"]["good_scores"]  # as a bundle converted before they were stored
-    (old / "bundle.json").write_text(json.dumps(meta))
+    old = _without_scores(tiny_bundle, tmp_path)
     s = Scorer(old, threads=1)
     with pytest.raises(UserError, match=r"^model\.target_fpr: bundle .* has no calibration\.good_scores"):
         s.use_threshold(ThresholdOverride(target_fpr=0.05))
     s.use_threshold(ThresholdOverride(threshold=0.123))
     assert s.bundle.threshold == 0.123
+
+
+def test_check_config_refuses_a_rate_for_a_bundle_without_scores(tiny_bundle, tmp_path):
+    from tests.daemon_helpers import write_config
+
+    old = _without_scores(tiny_bundle, tmp_path)
+    args = (str(tmp_path / "c.mp4"), [{"id": "left", "rect": [0, 0, 32, 32]}])
+    rest = ("mqtt://127.0.0.1:1883", tmp_path / "spool.sqlite")
+    cfg = write_config(tmp_path / "old.toml", *args, old, *rest, model={"target_fpr": 0.05})
+    assert_one_line_error(
+        run_cli("edge", "check-config", str(cfg)), "model.target_fpr", "no calibration.good_scores"
+    )
+    ok = write_config(tmp_path / "ok.toml", *args, tiny_bundle, *rest, model={"target_fpr": 0.05})
+    assert run_cli("edge", "check-config", str(ok)).returncode == 0
 
 
 @pytest.mark.parametrize(
