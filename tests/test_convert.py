@@ -62,6 +62,7 @@ def test_bundle_json_is_complete_and_describes_this_model(tiny_bundle, tiny_run)
     assert b["input"]["quantization"]["scale"] == pytest.approx(1 / 255, rel=1e-6)
     assert b["input"]["quantization"]["zero_point"] == 0
     assert b["quantization"]["type"] == "int8"
+    assert b["parity"]["fallback"] is None  # int8 asked for (tests/model_fixtures.py): no float16 fallback
     assert b["score"] == {
         "method": config["score"]["method"],
         "params": scoring.resolve_params(config["score"]["method"], config["score"]["params"]),
@@ -173,9 +174,12 @@ def test_auto_falls_back_to_float16_only_when_every_int8_attempt_misses_parity()
     """The planning and the stop rule of `--quant auto`, with the measurement replaced by a parity verdict."""
     from types import SimpleNamespace
 
+    from convert.__main__ import build_parser
     from convert.bundle_writer import attempts, convert_until_faithful
     from convert.tflite import ConvertOptions
 
+    args = build_parser().parse_args(["--model", "r", "--data", "d", "--out", "o"])
+    assert args.quant == "auto"  # the default
     auto = ConvertOptions.requested("auto", representative=50, seed=3, search="numpy").validate()
     assert (auto.quant, auto.fallback) == ("int8", "float16")
     plan = attempts(auto, n_train=400)

@@ -338,7 +338,9 @@ def test_evaluate_unknown_method_is_a_one_line_error(run_dir, data_dir):
 def test_evaluate_a_bundle_uses_the_device_scorer(run_dir, data_dir, tmp_path):
     """BUNDLE_DIR path: the int8 .tflite scored by edge.scorer gives the same report keys and still separates."""
     bundle = tmp_path / "bundle"
-    proc = run_cli("convert", "--model", str(run_dir), "--data", str(data_dir), "--out", str(bundle))
+    proc = run_cli(
+        "convert", "--model", str(run_dir), "--data", str(data_dir), "--out", str(bundle), "--quant", "int8"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli(
         "train",
