@@ -45,8 +45,7 @@ class Daemon:
         self.print_events = print_events
         self.stop_event = threading.Event()
         self.scorer = Scorer(cfg.model.bundle, cfg.model.threads)
-        source = self.scorer.use_threshold(cfg.model.threshold_override)
-        log.info("threshold %.6g: %s", self.scorer.bundle.threshold, source)
+        self.scorer.use_threshold(cfg.model.threshold_override)
         b = self.scorer.bundle
         self.model = {"name": b.name, "sha256": b.sha256}
         self.base = f"{cfg.mqtt.base_topic}/{cfg.camera.id}"

@@ -41,8 +41,7 @@ def score_path(scorer: Scorer, path: str) -> dict:
 def cli_main(args) -> int:
     override = ThresholdOverride(args.threshold, args.target_fpr, ("--threshold", "--target-fpr")).validate()
     scorer = Scorer(args.bundle, threads=args.threads)
-    source = scorer.use_threshold(override)
-    log.info("threshold %.6g: %s", scorer.bundle.threshold, source)
+    scorer.use_threshold(override)
     failed = 0
     for path in args.images:  # streamed: each line is written as soon as its image is scored
         row = score_path(scorer, path)

@@ -207,10 +207,11 @@ class Scorer:
 
     def use_threshold(self, override: ThresholdOverride) -> str:
         """Compare scores against the kitchen's own threshold or false-positive rate instead of the bundle's
-        (edge.calibration); returns where the threshold now comes from, for the log."""
+        (edge.calibration); logs and returns where the threshold now comes from."""
         as_shipped = replace(self.bundle, threshold=self.bundle_threshold)  # a second call starts from it too
         threshold, source = override.validate().resolve(as_shipped)
         self.bundle = replace(self.bundle, threshold=threshold)
+        log.info("threshold %.6g: %s", threshold, source)
         return source
 
     def _output_shape(self, input_shape: list[int]) -> list[int]:

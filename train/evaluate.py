@@ -60,6 +60,7 @@ def operating_points(samples: Sequence, scores, good_scores) -> list[dict]:
         {smp.severity for smp in samples if smp.anomalous and getattr(smp, "severity", None)},
         key=lambda k: (SEVERITY_ORDER.get(k, len(SEVERITY_ORDER)), k),
     )
+    of_severity = {v: np.array([smp.anomalous and smp.severity == v for smp in samples]) for v in severities}
     rows = []
     for fpr in OPERATING_FPRS:
         rule = threshold_rule(good_scores, fpr)
@@ -71,11 +72,8 @@ def operating_points(samples: Sequence, scores, good_scores) -> list[dict]:
             "recall": _round(flagged[labels].mean()) if labels.any() else None,
             "fpr": _round(flagged[~labels].mean()) if (~labels).any() else None,
         }
-        if severities:
-            row["recall_per_severity"] = {
-                v: _round(flagged[np.array([smp.anomalous and smp.severity == v for smp in samples])].mean())
-                for v in severities
-            }
+        if of_severity:
+            row["recall_per_severity"] = {v: _round(flagged[sel].mean()) for v, sel in of_severity.items()}
         rows.append(row)
     return rows
 
