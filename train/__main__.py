@@ -1,4 +1,4 @@
-"""`python -m train {synth,inspect,fit,evaluate}`.
+"""`python -m train {synth,inspect,fit,evaluate,twins}`.
 
 Arguments are declared here, handlers are imported lazily, so `synth` and `inspect` never load TensorFlow.
 """
@@ -143,12 +143,21 @@ def build_parser() -> OneLineParser:
         "--methods", help="also evaluate these score methods, e.g. mse,ssim,local (a `methods` table)"
     )
     e.set_defaults(handler="train.evaluate:cli_main")
+
+    t = sub.add_parser(
+        "twins",
+        help="score each synthetic test defect beside its twin rendered without the defect: does the model see it?",
+    )
+    t.add_argument("--model", required=True, help="RUN_DIR (Keras) or BUNDLE_DIR (TFLite)")
+    t.add_argument("--data", required=True, help="a data set written by `train synth` (its meta.json)")
+    t.add_argument("--json", dest="json_out", help="write the per-defect table as JSON here")
+    t.set_defaults(handler="train.twins:cli_main")
     return p
 
 
 def _load_tensorflow(args) -> None:
-    """fit always needs TensorFlow, evaluate of a training run too; evaluate of a bundle and synth never do."""
-    keras_run = args.command == "evaluate" and not (Path(args.model) / "bundle.json").is_file()
+    """fit always needs TensorFlow, evaluate and twins of a training run too; of a bundle, and synth, never."""
+    keras_run = args.command in ("evaluate", "twins") and not (Path(args.model) / "bundle.json").is_file()
     if args.command == "fit" or keras_run:
         from train.quiet_tf import import_tensorflow_quietly
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from edge import scoring
 from edge.calibration import threshold_rule
 from edge.errors import UserError
-from edge.preprocess import InputSpec
+from edge.preprocess import InputSpec, preprocess, read_image
 from train import metrics
 from train.calibrate import DEFAULT_TARGET_FPR
 
@@ -153,9 +154,61 @@ def _method_list(text: str | None, primary: str) -> list[str]:
     return methods
 
 
-def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
-    """Keras path: (samples, images, {method: (scores, maps, threshold, params)}, model name, input spec)."""
-    from train.data import load_dataset, load_images
+@dataclass(frozen=True)
+class Scored:
+    """What a run or a bundle made of a set of photos: the model's own input and each method's output."""
+
+    x: np.ndarray  # the photos as the model saw them (N, H, W, C) float in [0, 1]
+    results: dict  # method -> (scores (N,), maps (N, H, W), threshold, params)
+    name: str
+    spec: InputSpec
+    primary: str
+
+
+class Photos(Sequence):
+    """Photos read from disk when used, so a large real data set is never held in memory whole."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read_image(self.paths[i])
+
+
+def model_kind(path: Path) -> str:
+    """ "bundle" or "run"; a one-line error before anything heavy is loaded."""
+    if (path / "bundle.json").is_file():
+        return "bundle"
+    if (path / "config.json").is_file() or (path / "model.keras").is_file():
+        return "run"
+    raise UserError(f"--model {path}: neither a run folder (config.json) nor a bundle (bundle.json)")
+
+
+def score_images(
+    path: Path,
+    images: Sequence[np.ndarray],
+    methods_arg: str | None = None,
+    val_images: Callable[[InputSpec], np.ndarray] | None = None,
+) -> Scored:
+    """Score BGR photos (as read from disk) with a run (Keras) or a bundle (the device's own scorer).
+
+    Why one entry for both: evaluate and the twin probe (train.twins) must judge a run and its bundle by the same
+    code. `val_images` gives the good validation photos for a run from before per-method calibration.
+    """
+    if model_kind(path) == "bundle":
+        return _bundle_scores(path, images, methods_arg)
+    return _run_scores(path, images, methods_arg, val_images)
+
+
+def _run_scores(
+    run_dir: Path,
+    images: Sequence[np.ndarray],
+    methods_arg: str | None,
+    val_images: Callable[[InputSpec], np.ndarray] | None,
+) -> Scored:
     from train.model import load_run
 
     model, config = load_run(run_dir)
@@ -166,15 +219,11 @@ def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
         raise UserError(
             f"{run_dir / 'config.json'}: missing `input` or `score` (not written by train fit?)"
         ) from None
-    dataset = load_dataset(data)
-    test = dataset.split("test")
-    if not test:
-        raise UserError(f"--data {data}: no test images")
-    x = load_images(test, spec)
+    x = _model_input(images, spec)
     from train.knn_fit import is_knn_run
 
     if is_knn_run(config):
-        return (test, x, *_knn_run_results(run_dir, model, config, x, methods_arg), spec, primary)
+        return Scored(x, *_knn_run_results(run_dir, model, config, x, methods_arg), spec, primary)
     methods = _method_list(methods_arg, primary)
     recon = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
     known = config.get("scores_by_method", {})
@@ -186,55 +235,58 @@ def _run_scores(run_dir: Path, data: str, methods_arg: str | None):
         elif m in known:
             params, threshold = known[m]["params"], float(known[m]["threshold"])
         else:  # a run from before per-method calibration: calibrate now, on validation images only
+            if val_images is None:
+                raise UserError(
+                    f"{run_dir}: has no calibrated threshold for {m!r}; evaluate it on its data set"
+                )
             if recalibrated is None:
                 from train.fit import calibrate_all_methods
 
-                val_x = load_images([v for v in dataset.split("val") if not v.anomalous], spec)
                 target = float(config.get("calibration", {}).get("target_fpr", DEFAULT_TARGET_FPR))
-                recalibrated = calibrate_all_methods(model, val_x, None, target)
+                recalibrated = calibrate_all_methods(model, val_images(spec), None, target)
             params, threshold = recalibrated[m]["params"], recalibrated[m]["threshold"]
         scores, maps = scoring.score_batch(x, recon, m, params)
         results[m] = (scores, maps, threshold, params)
     name = f"{Path(run_dir).resolve().name} ({config.get('cae', {}).get('name', '?')}, keras)"
-    return test, x, results, name, spec, primary
+    return Scored(x, results, name, spec, primary)
+
+
+def _model_input(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    out = np.empty((len(images), spec.height, spec.width, spec.channels), np.float32)
+    for i, im in enumerate(images):
+        out[i] = preprocess(im, spec).reshape(out.shape[1:])
+    return out
 
 
 def _knn_run_results(run_dir: Path, model, config: dict, x: np.ndarray, methods_arg: str | None):
     """A knn run is scored with its own method against its bank (the float reference convert compares with)."""
-    from train.knn_fit import score_images
+    from train.knn_fit import score_images as knn_scores
 
     primary = config["score"]["method"]
     if methods_arg:
         log.warning("a %s run is scored with its own method only; ignoring --methods", primary)
-    scores, maps = score_images(run_dir, x, model=model, config=config)
+    scores, maps = knn_scores(run_dir, x, model=model, config=config)
     params = config["score"]["params"]
     name = f"{Path(run_dir).resolve().name} ({config.get('features', {}).get('backbone', primary)}, keras)"
     return {primary: (scores, maps, float(config["threshold"]), params)}, name
 
 
-def _bundle_scores(bundle_dir: Path, data: str, methods_arg: str | None):
+def _bundle_scores(bundle_dir: Path, images: Sequence[np.ndarray], methods_arg: str | None) -> Scored:
     """TFLite path: the device's own scorer (edge.scorer) supplies scores and residual maps."""
-    from edge.preprocess import preprocess, read_image
     from edge.scorer import Scorer
-    from train.data import load_dataset
 
     scorer = Scorer(bundle_dir, threads=2)
     b = scorer.bundle
     primary = b.score_method
     if _method_list(methods_arg, primary) != [primary]:
         log.warning("a bundle is scored with its own method (%s) only; ignoring --methods", primary)
-    dataset = load_dataset(data)
-    test = dataset.split("test")
-    if not test:
-        raise UserError(f"--data {data}: no test images")
-    bgr = [read_image(s.path) for s in test]
-    out = scorer.score_batch(bgr)
+    out = scorer.score_batch(images)
     scores = np.array([r.score for r in out], dtype=np.float64)
     maps = np.stack([np.asarray(r.residual_map, dtype=np.float32) for r in out])
-    x = np.stack([preprocess(im, b.input) for im in bgr])
     results = {primary: (scores, maps, float(b.threshold), b.score_params)}
-    name = f"{b.name} ({b.quantization}, tflite)"
-    return test, x, results, name, b.input, primary
+    return Scored(
+        _model_input(images, b.input), results, f"{b.name} ({b.quantization}, tflite)", b.input, primary
+    )
 
 
 def _calibration_scores(path: Path) -> list | None:
@@ -252,15 +304,23 @@ def evaluate(
     model_dir: str, data: str, json_out: str | None, report_dir: str | None, methods_arg: str | None
 ) -> dict:
     """Score the test split and return the metrics dict; write the JSON and the report folder when asked."""
+    from train.data import load_dataset, load_images
+
     path = Path(model_dir)
     _method_list(methods_arg, scoring.DEFAULT_METHOD)  # fail on a bad --methods before loading anything heavy
-    if (path / "bundle.json").is_file():
-        source = _bundle_scores
-    elif (path / "config.json").is_file() or (path / "model.keras").is_file():
-        source = _run_scores
-    else:
-        raise UserError(f"--model {path}: neither a run folder (config.json) nor a bundle (bundle.json)")
-    samples, x, results, name, spec, primary = source(path, data, methods_arg)
+    model_kind(path)
+    dataset = load_dataset(data)
+    samples = dataset.split("test")
+    if not samples:
+        raise UserError(f"--data {data}: no test images")
+    scored = score_images(
+        path,
+        Photos([s.path for s in samples]),
+        methods_arg,
+        val_images=lambda spec: load_images([v for v in dataset.split("val") if not v.anomalous], spec),
+    )
+    x, results, spec, primary = scored.x, scored.results, scored.spec, scored.primary
+    name = scored.name
     methods = list(results)
     table = {}
     for m in methods:

@@ -18,6 +18,7 @@ of each dish a kitchen should take.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -187,6 +188,28 @@ def render_item(
     item: Item, menu: list[Dish], seed: int, size: int, venue: Venue | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """One photo (uint8 BGR), its mask (uint8 0/255, None for good images) and the defect's sub-kind."""
+    img, mask, kind, _ = _render(item, menu, seed, size, venue, twin=False)
+    return img, mask, kind
+
+
+def render_twin(
+    item: Item, menu: list[Dish], seed: int, size: int, venue: Venue | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(photo, twin, mask, kind) of a defect: the photo render_item writes, and the same photo without the
+    defect (the same placement, counter, light and camera noise; only the defect left out).
+
+    Why: the twin is the plate as it should have left the pass, so how far a model's score and map move between
+    the two is the defect's own signal, free of the dish-to-dish variation every other comparison carries
+    (train.twins). A dish not on the menu has no correct version, so it has no twin.
+    """
+    if item.defect in ("good", "unknown_meal"):
+        raise ValueError(f"{item.path}: a {item.defect} photo has no defect-free twin")
+    img, mask, kind, twin = _render(item, menu, seed, size, venue, twin=True)
+    assert mask is not None and twin is not None
+    return img, twin, mask, kind
+
+
+def _render(item: Item, menu: list[Dish], seed: int, size: int, venue: Venue | None, twin: bool):
     rng = np.random.default_rng([seed, SPLIT_CODE[item.split], DEFECT_CODE[item.defect], item.number])
     if item.defect == "unknown_meal":
         dish = make_unknown(seed, item.dish_index, item.severity, menu)
@@ -194,17 +217,20 @@ def render_item(
         dish = menu[item.dish_index]
     for _attempt in range(8):
         scene = place(dish, rng, size, tagged=item.defect == "unknown_meal")
+        clean = copy.deepcopy(scene.layers) if twin else None  # before the defect touches them
         kind = ""
         if item.defect not in ("good", "unknown_meal"):
             kind = apply_defect(item.defect, scene, dish, rng, item.severity, size / 256.0)
         elif item.defect == "unknown_meal":
             kind = dish.name.split("_", 1)[1] if item.severity == "obvious" else "new_combination"
+        twin_rng = copy.deepcopy(rng) if twin else None  # the twin draws the same counter, light and noise
         img, acc = render_layers(scene.layers, rng, size, venue)
         if item.defect == "good":
-            return img, None, ""
+            return img, None, "", None
         mask = np.where(acc > 0.3, 255, 0).astype(np.uint8)
         if np.count_nonzero(mask) >= 2:
-            return img, mask, kind
+            twin_img = render_layers(clean, twin_rng, size, venue)[0] if twin else None
+            return img, mask, kind, twin_img
         log.debug("%s: defect hidden by the rest of the dish, placing it again", item.path)
     raise RuntimeError(
         f"{item.path}: could not place a visible {item.defect}"
