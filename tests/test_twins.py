@@ -79,6 +79,7 @@ def test_summary_against_a_hand_computed_case():
     assert list(r["per_severity"]) == ["obvious", "subtle"]
     assert r["per_defect"]["hair"]["local_rise"] == 0 and r["per_defect"]["chip"]["n"] == 2
     assert r["twin_scores"]["median"] == pytest.approx(0.9)
+    assert [(p["score"], p["twin_local"]) for p in r["plates"]] == [(1.5, 0.5), (0.9, 0.5), (0.9, 0.5)]
 
 
 @pytest.mark.parametrize("model", ["tiny_bundle", "tiny_run"])
@@ -92,6 +93,7 @@ def test_twins_cli(model, tiny_dataset, tmp_path, request):
     assert rows[:1] == ["all"] and set(TWINNED) <= set(rows), proc.stdout
     r = json.loads(out.read_text())
     assert r["all"]["n"] == len(_items()) == synth.PRESETS["tiny"].per_defect * len(TWINNED)
+    assert len(r["plates"]) == r["all"]["n"] and {p["defect"] for p in r["plates"]} == set(TWINNED)
     assert set(r["per_defect"]) == set(TWINNED) and set(r["per_severity"]) == {
         "obvious",
         "moderate",
@@ -119,6 +121,10 @@ def test_twins_refuse_data_they_cannot_twin(tiny_bundle, tiny_dataset, tmp_path)
     (data / "meta.json").write_text(json.dumps({**meta, "version": 1}))
     proc = run_cli("train", "twins", "--model", str(tiny_bundle), "--data", str(data))
     assert_one_line_error(proc, "meta.json", "generator version 1")
+
+    (data / "meta.json").write_text(json.dumps({**meta, "preset": "dsm1000"}))
+    proc = run_cli("train", "twins", "--model", str(tiny_bundle), "--data", str(data))
+    assert_one_line_error(proc, "meta.json", "unknown preset 'dsm1000'")
 
     (data / "meta.json").unlink()
     proc = run_cli("train", "twins", "--model", str(tiny_bundle), "--data", str(data))

@@ -70,7 +70,7 @@ class Recipe:
                 f"{path}: the data set was not written to the end; write it again with `train synth`"
             )
         try:
-            return cls(
+            recipe = cls(
                 root,
                 str(meta["preset"]),
                 int(meta["seed"]),
@@ -80,6 +80,9 @@ class Recipe:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{path}: missing or invalid recipe field ({exc})") from None
+        if recipe.preset not in synth.PRESETS or recipe.scene not in synth.SCENES:
+            raise UserError(f"{path}: unknown preset {recipe.preset!r} or scene {recipe.scene!r}")
+        return recipe
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,19 @@ def summarize(
 
     defects = np.array([p.defect for p in pairs])
     severities = np.array([p.severity for p in pairs])
+    plates = [
+        {
+            "path": p.path,
+            "defect": p.defect,
+            "kind": p.kind,
+            "severity": p.severity,
+            "score": round(float(sx[i]), 5),
+            "twin_score": round(float(st[i]), 5),
+            "local": round(float(lx[i]), 5),
+            "twin_local": round(float(lt[i]), 5),
+        }
+        for i, p in enumerate(pairs)
+    ]
     return {
         "threshold": threshold,
         "twin_scores": {
@@ -170,6 +186,7 @@ def summarize(
         "all": group(np.ones(len(pairs), bool)),
         "per_severity": {s: group(severities == s) for s in _ordered(severities)},
         "per_defect": {d: group(defects == d) for d in sorted(set(defects))},
+        "plates": plates,  # each pair, for digging into one defect kind (a hair against an insect, say)
     }
 
 
