@@ -86,8 +86,9 @@ def test_summary_against_a_hand_computed_case():
 def test_twins_cli(model, tiny_dataset, tmp_path, request):
     """On the device's scorer (a bundle) and on the Keras run it was converted from."""
     path = request.getfixturevalue(model)
-    out = tmp_path / "twins.json"
-    proc = run_cli("train", "twins", "--model", str(path), "--data", str(tiny_dataset), "--json", str(out))
+    out, report = tmp_path / "twins.json", tmp_path / "report"
+    args = ("--data", str(tiny_dataset), "--json", str(out), "--report", str(report))
+    proc = run_cli("train", "twins", "--model", str(path), *args)
     assert proc.returncode == 0, proc.stderr
     rows = [ln.split()[0] for ln in proc.stdout.splitlines()[2:]]
     assert rows[:1] == ["all"] and set(TWINNED) <= set(rows), proc.stdout
@@ -103,6 +104,9 @@ def test_twins_cli(model, tiny_dataset, tmp_path, request):
     assert r["threshold"] == pytest.approx(json.loads(meta.read_text())["threshold"])
     for g in (r["all"], *r["per_defect"].values()):
         assert 0 <= g["auroc_vs_twins"] <= 1 and 0 <= g["beats_twin_peak"] <= 1 and g["changed_pixels"] > 0
+    page = (report / "index.html").read_text()
+    assert "auroc_vs_twins" in page and 'src="twins.png"' in page and "foreign_object" in page
+    assert (report / "twins.png").stat().st_size > 10_000
     # the tiny model does see its obvious defects: they raise its map where they lie
     assert r["per_severity"]["obvious"]["local_rise"] > 0
 

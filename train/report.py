@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 CASES_PER_GROUP = 4
 
 
-def _plt():
+def pyplot():
+    """matplotlib without a screen (the device and CI have none), imported only when a report is written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +32,7 @@ def _plt():
     return plt
 
 
-def _display_rgb(img: np.ndarray, spec: InputSpec) -> np.ndarray:
+def display_rgb(img: np.ndarray, spec: InputSpec) -> np.ndarray:
     img = np.clip(img, 0, 1)
     if img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
@@ -39,7 +40,7 @@ def _display_rgb(img: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def plot_roc(path: Path, labels: np.ndarray, by_method: dict, primary: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for m, (scores, _maps, _thr) in by_method.items():
         fpr, tpr, _ = metrics.roc_curve(scores, labels)
@@ -57,7 +58,7 @@ def plot_roc(path: Path, labels: np.ndarray, by_method: dict, primary: str) -> N
 
 
 def plot_histograms(path: Path, samples: Sequence, scores: np.ndarray, threshold: float, method: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     defects = sorted({s.defect for s in samples if s.anomalous})
     good = np.array([not s.anomalous for s in samples])
     n = max(1, len(defects))
@@ -103,7 +104,7 @@ def plot_cases(
     spec: InputSpec,
 ) -> dict[str, list[int]]:
     """Grid: per case the image, and the image with the residual heat map (one colour scale for all) on top."""
-    plt = _plt()
+    plt = pyplot()
     groups = {g: idx for g, idx in pick_cases(samples, scores).items() if idx}
     vmax = float(np.percentile(maps, 99.5)) or 1.0
     rows = max(1, len(groups))
@@ -114,7 +115,7 @@ def plot_cases(
     for r, (title, idx) in enumerate(groups.items()):
         axes[r, 0].set_title(title, loc="left", fontsize=9, pad=14)
         for c, i in enumerate(idx):
-            img = _display_rgb(x[i], spec)
+            img = display_rgb(x[i], spec)
             verdict = "ANOM" if scores[i] > threshold else "ok"
             axes[r, 2 * c].imshow(img)
             axes[r, 2 * c].text(0, -2, f"{samples[i].defect[:14]}", fontsize=7)
@@ -133,7 +134,7 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
@@ -161,7 +162,7 @@ def write_report(
     plot_histograms(out / "histograms.png", samples, scores, threshold, primary)
     groups = plot_cases(out / "cases.png", samples, x, scores, maps, threshold, spec)
 
-    summary = _table(
+    summary = html_table(
         ["metric", "value"],
         [
             (k, result.get(k))
@@ -172,7 +173,7 @@ def write_report(
 
     def versus_good(group: str) -> str:
         rows = result.get(f"per_{group}") or {}
-        return _table(
+        return html_table(
             [group, "n", "AUROC vs good", "recall at threshold", "mean score"],
             [(k, v["n"], v["auroc"], v["recall"], v["mean_score"]) for k, v in rows.items()],
         )
@@ -189,7 +190,7 @@ def write_report(
         points = (
             "<h2>Operating points (the device's <code>model.target_fpr</code>: its threshold on the held-out good"
             " scores, and what it flags here)</h2>"
-            + _table(
+            + html_table(
                 ["target FPR", "threshold", "recall", "test FPR", *(f"recall {v}" for v in sev)],
                 [
                     (
@@ -205,7 +206,7 @@ def write_report(
         )
     methods = ""
     if "methods" in result:
-        methods = "<h2>Score methods</h2>" + _table(
+        methods = "<h2>Score methods</h2>" + html_table(
             ["method", "image AUROC", "pixel AUROC", "F1", "threshold"],
             [
                 (m, r["image_auroc"], r["pixel_auroc"], r["f1"], r["threshold"])

@@ -14,6 +14,7 @@ default bundle showed is in docs/measurements.md.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from train.data import META_FILE
 log = logging.getLogger(__name__)
 
 REACH = 0.03  # of the map's side: where a defect's response may sit around its mask (the map is blurred by a cell)
+COLUMNS = ("n", "auroc_vs_twins", "score_rise", "local_rise", "beats_twin_peak", "flagged", "twins_flagged")
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,7 @@ def _ordered(severities: np.ndarray) -> list[str]:
 
 
 def format_table(result: dict) -> str:
-    cols = ("n", "auroc_vs_twins", "score_rise", "local_rise", "beats_twin_peak", "flagged", "twins_flagged")
-    head = f"{'':24s}" + "".join(f"{c:>16s}" for c in cols)
+    head = f"{'':24s}" + "".join(f"{c:>16s}" for c in COLUMNS)
     lines = [
         f"{result['model']}: threshold {result['threshold']:.4g}; twins score {result['twin_scores']['median']:.4g} "
         f"(p5 {result['twin_scores']['p5']:.4g}, p95 {result['twin_scores']['p95']:.4g})",
@@ -206,7 +207,7 @@ def format_table(result: dict) -> str:
     ]
 
     def row(name: str, g: dict) -> str:
-        cells = "".join(f"{'-' if g[c] is None else g[c]:>16}" for c in cols)
+        cells = "".join(f"{'-' if g[c] is None else g[c]:>16}" for c in COLUMNS)
         return f"{name:24s}{cells}"
 
     lines.append(row("all", result["all"]))
@@ -215,7 +216,71 @@ def format_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def twins(model_dir: str, data: str, json_out: str | None = None) -> dict:
+def write_report(out: Path, result: dict, pairs: list[Pair], x: np.ndarray, maps: np.ndarray, spec) -> Path:
+    """index.html with the table and twins.png: per defect, the pair whose local rise is the median of its defect
+    (a typical case, not the best or the worst), the photo with its mask outlined, then the photo's and the
+    twin's heat maps on one colour scale. Returns the index path."""
+    from train.report import display_rgb, html_table, pyplot
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--report {out}: cannot create ({exc.strerror or exc})") from None
+    n = len(pairs)
+    rise = [p["local"] - p["twin_local"] for p in result["plates"]]
+    picks = {}
+    for d in result["per_defect"]:
+        mine = sorted((i for i, p in enumerate(pairs) if p.defect == d), key=lambda i: rise[i])
+        picks[d] = mine[len(mine) // 2]
+    plt = pyplot()
+    vmin, vmax = (
+        float(v) for v in np.percentile(maps, [1, 99.5])
+    )  # the maps' own range: a kNN map sits near 1
+    fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.3 * len(picks)), dpi=90, squeeze=False)
+    for r, (d, i) in enumerate(picks.items()):
+        h, w = maps[i].shape
+        outline = cv2.resize(pairs[i].mask.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_AREA) > 0
+        photo, twin = display_rgb(x[i], spec), display_rgb(x[n + i], spec)
+        axes[r, 0].imshow(photo)
+        axes[r, 0].contour(outline, levels=[0.5], colors="cyan", linewidths=0.7)
+        axes[r, 0].set_title(f"{d}\n{pairs[i].kind}, {pairs[i].severity}", fontsize=7, loc="left")
+        for c, (img, j, label) in enumerate(((photo, i, "photo"), (twin, n + i, "twin")), start=1):
+            axes[r, c].imshow(img)
+            axes[r, c].imshow(maps[j], cmap="jet", alpha=0.5, vmin=vmin, vmax=max(vmax, vmin + 1e-6))
+            score = result["plates"][i]["score" if label == "photo" else "twin_score"]
+            axes[r, c].set_title(f"{label} {score:.4g}", fontsize=7, loc="left")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "twins.png")
+    plt.close(fig)
+    groups = [("all", result["all"])]
+    groups += [(f"severity {k}", v) for k, v in result["per_severity"].items()]
+    groups += list(result["per_defect"].items())
+    table = html_table(["", *COLUMNS], [(name, *(g[c] for c in COLUMNS)) for name, g in groups])
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dishwatch twins: {html.escape(result["model"])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse;margin:8px 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}}</style></head><body>
+<h1>dishwatch twins</h1>
+<p>Model <b>{html.escape(result["model"])}</b> (threshold {result["threshold"]:.4g}); data
+{html.escape(result["data"])}. Each test defect beside its twin: the same plate rendered without the defect.
+<code>local_rise</code> is how far the defect lifts the heat map where it lies (near 0: the model does not see it);
+<code>beats_twin_peak</code> how often that spot outscores the twin's own peak (low: the plate's background hides
+it); <code>auroc_vs_twins</code> the image AUROC against the twins. Twins score {result["twin_scores"]["median"]:.4g}
+at the median (5th-95th percentile {result["twin_scores"]["p5"]:.4g}-{result["twin_scores"]["p95"]:.4g}).</p>
+{table}
+<h2>A typical pair per defect (median local rise): photo with its mask, photo's and twin's heat maps</h2>
+<img src="twins.png" alt="defects beside their twins with heat maps">
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page)
+    log.info("twins report written to %s", index)
+    return index
+
+
+def twins(model_dir: str, data: str, json_out: str | None = None, report_dir: str | None = None) -> dict:
     from train.evaluate import model_kind, score_images
 
     path = Path(model_dir)
@@ -233,9 +298,11 @@ def twins(model_dir: str, data: str, json_out: str | None = None) -> dict:
             Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
         except OSError as exc:
             raise UserError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
+    if report_dir:
+        write_report(Path(report_dir), result, pairs, scored.x, maps, scored.spec)
     return result
 
 
 def cli_main(args) -> int:
-    sys.stdout.write(format_table(twins(args.model, args.data, args.json_out)))
+    sys.stdout.write(format_table(twins(args.model, args.data, args.json_out, args.report)))
     return 0
