@@ -393,6 +393,7 @@ def _knn_recipe(model_dir, config: dict):
         coarse = coarse_recipe(config.get("features") or {}, float(args.get("coarse_weight") or 0.0))
         return BankRecipe(
             coreset_fraction=float(args.get("coreset_fraction", 0.01)),
+            coarse_fraction=float(args.get("coarse_coreset", 0.25)),  # runs made before the option kept 25 %
             global_weight=float(args.get("global_weight", 1.0)),
             seed=int(args.get("seed", 0)),
             distance=str(args.get("distance", "euclidean")),  # runs made before the option were Euclidean

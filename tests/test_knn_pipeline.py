@@ -291,6 +291,22 @@ def test_fit_knn_flag_errors_are_one_line(tiny_dataset, tmp_path):
         run_cli(*base, "--method", "effnet-knn", "--global-weight", "-1"), "--global-weight"
     )
     assert_one_line_error(run_cli(*base, "--method", "effnet-knn", "--bank-augment", "99"), "--bank-augment")
+    assert_one_line_error(
+        run_cli(*base, "--method", "effnet-knn", "--coarse-coreset", "0"), "--coarse-coreset"
+    )
+
+
+def test_convert_reads_the_coarse_coreset_fraction_the_run_was_made_with(knn_run):
+    """`--coarse-coreset` is recorded in the run's args; convert's recipe takes it, and 25 % for older runs."""
+    from convert.bundle_writer import _knn_recipe
+
+    config = json.loads((knn_run / "config.json").read_text())
+    assert config["args"]["coarse_coreset"] == 0.25
+    assert _knn_recipe(knn_run, config).coarse_fraction == 0.25
+    config["args"]["coarse_coreset"] = 0.0625
+    assert _knn_recipe(knn_run, config).coarse_fraction == 0.0625
+    del config["args"]["coarse_coreset"]
+    assert _knn_recipe(knn_run, config).coarse_fraction == 0.25
 
 
 def test_projected_run_converts_to_a_narrower_grid_that_the_edge_scores(tiny_dataset, tmp_path):

@@ -59,6 +59,13 @@ def build_parser() -> OneLineParser:
         "--coreset", type=float, default=0.01, help="knn: fraction of training patches kept in the bank"
     )
     f.add_argument(
+        "--coarse-coreset",
+        type=float,
+        default=0.25,
+        help="effnet-knn: fraction of the coarse stage's cells kept (default 0.25); with more photos of each dish, "
+        "lower it with --coreset to keep the device's search the same size (README)",
+    )
+    f.add_argument(
         "--global-weight",
         type=float,
         default=0.0,

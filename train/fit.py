@@ -439,6 +439,7 @@ def knn_cli_main(args, method: str) -> int:
             image_size=args.image_size or DEFAULT_IMAGE_SIZE[method],
             cae_run=getattr(args, "cae_run", None) or "",
             coreset_fraction=getattr(args, "coreset", 0.01),
+            coarse_coreset=getattr(args, "coarse_coreset", 0.25),
             global_weight=getattr(args, "global_weight", 0.0),
             distance=getattr(args, "distance", None) or KnnFitConfig.distance,
             bank_augment=getattr(args, "bank_augment", 0),

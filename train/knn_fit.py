@@ -39,6 +39,10 @@ class KnnFitConfig:
     image_size: int = 224  # effnet-knn: the backbone's native 224 px; cae-knn: the CAE run's size
     cae_run: str = ""  # cae-knn: the trained CAE run folder
     coreset_fraction: float = 0.01
+    # of the coarse stage's cells (a 7x7 grid has few): 25 % scored like all of them on dsm100. A kitchen with
+    # more photos of each dish lowers both fractions in proportion to keep the device's search the same size
+    # (docs/measurements.md: sixteen photos a dish)
+    coarse_coreset: float = 0.25
     global_weight: float = 0.0  # the whole-image term; measured to hurt on the presets (docs/measurements.md)
     target_fpr: float = 0.01
     seed: int = 0
@@ -82,6 +86,8 @@ class KnnFitConfig:
             raise UserError(f"--global-weight {self.global_weight}: must be 0 or more")
         if not 0 < self.coreset_fraction <= 1:
             raise UserError(f"--coreset {self.coreset_fraction}: must be in (0, 1]")
+        if not 0 < self.coarse_coreset <= 1:
+            raise UserError(f"--coarse-coreset {self.coarse_coreset}: must be in (0, 1]")
         if self.image_size < 32 or self.image_size % 16:
             raise UserError(f"--image-size {self.image_size}: must be a multiple of 16, at least 32")
         if not 0 <= self.coarse <= 1:
@@ -152,6 +158,7 @@ def fit_knn(fc: KnnFitConfig) -> dict:
         distance=fc.distance,
         sigma=map_sigma(hw, val_f.shape[1:3]),
         augment=fc.bank_augment,
+        coarse_fraction=fc.coarse_coreset,
         **coarse_recipe(desc, fc.coarse),
     )
     keep = coreset_keep(train_f, recipe)
