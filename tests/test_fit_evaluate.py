@@ -320,6 +320,15 @@ def test_evaluate_bad_model_dir_is_a_one_line_error(data_dir, tmp_path):
     assert_one_line_error(proc, str(tmp_path))
 
 
+def test_evaluate_refuses_an_unwritable_json_before_it_scores(tiny_bundle, tiny_dataset, tmp_path):
+    """Not after minutes of scoring: the --json path is checked first, with one line naming it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for target, why in ((blocker / "m.json", "is not a folder"), (tmp_path, "a folder")):
+        where = ("--model", str(tiny_bundle), "--data", str(tiny_dataset), "--json", str(target))
+        assert_one_line_error(run_cli("train", "evaluate", *where), f"--json {target}", why)
+
+
 def test_evaluate_of_a_run_fails_in_one_line_after_tensorflow_has_loaded(run_dir, data_dir, tmp_path):
     """The error comes after the Keras run is loaded: TensorFlow's load-time log lines must not precede it."""
     good = tmp_path / "d" / "train" / "good"

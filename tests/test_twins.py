@@ -136,3 +136,11 @@ def test_twins_refuse_data_they_cannot_twin(tiny_bundle, tiny_dataset, tmp_path)
 
     proc = run_cli("train", "twins", "--model", str(tmp_path), "--data", str(tiny_dataset))
     assert_one_line_error(proc, str(tmp_path), "neither a run folder")
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad_json = str(blocker / "twins.json")
+    proc = run_cli(
+        "train", "twins", "--model", str(tiny_bundle), "--data", str(tiny_dataset), "--json", bad_json
+    )
+    assert_one_line_error(proc, f"--json {bad_json}", "is not a folder")  # before any scoring

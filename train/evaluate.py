@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -309,6 +310,7 @@ def evaluate(
     path = Path(model_dir)
     _method_list(methods_arg, scoring.DEFAULT_METHOD)  # fail on a bad --methods before loading anything heavy
     model_kind(path)
+    check_output(json_out)
     dataset = load_dataset(data)
     samples = dataset.split("test")
     if not samples:
@@ -340,11 +342,7 @@ def evaluate(
     result["input"] = spec.to_json()
     result["data"] = str(Path(data).resolve())
     if json_out:
-        try:
-            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            raise UserError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
+        write_result(json_out, result)
     if report_dir:
         from train.report import write_report
 
@@ -352,6 +350,29 @@ def evaluate(
             Path(report_dir), result, samples, x, {m: results[m][:3] for m in methods}, primary, spec
         )
     return result
+
+
+def check_output(json_out: str | None) -> None:
+    """Refuse an unwritable `--json` before the scoring, not after it (evaluate, twins)."""
+    if not json_out:
+        return
+    target = Path(json_out)
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), Path("."))
+    if target.is_dir():
+        raise UserError(f"--json {json_out}: cannot write (a folder)")
+    if not folder.is_dir():
+        raise UserError(f"--json {json_out}: cannot write ({folder} is not a folder)")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--json {json_out}: cannot write ({folder} is not writable)")
+
+
+def write_result(json_out: str, result: dict) -> None:
+    """The JSON asked for with `--json` (evaluate, twins); a one-line error naming it when it cannot be written."""
+    try:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
 
 
 def cli_main(args) -> int:

@@ -281,10 +281,11 @@ at the median (5th-95th percentile {result["twin_scores"]["p5"]:.4g}-{result["tw
 
 
 def twins(model_dir: str, data: str, json_out: str | None = None, report_dir: str | None = None) -> dict:
-    from train.evaluate import model_kind, score_images
+    from train.evaluate import check_output, model_kind, score_images, write_result
 
     path = Path(model_dir)
-    model_kind(path)  # a one-line error before anything is rendered
+    model_kind(path)  # one-line errors before anything is rendered
+    check_output(json_out)
     pairs = twin_pairs(Recipe.read(data))
     log.info("twins: %d test defects rendered again without their defect", len(pairs))
     scored = score_images(path, [p.photo for p in pairs] + [p.twin for p in pairs])  # one model load
@@ -293,11 +294,7 @@ def twins(model_dir: str, data: str, json_out: str | None = None, report_dir: st
     result = {"model": scored.name, "score_method": scored.primary, "data": str(Path(data).resolve())}
     result.update(summarize(pairs, (scores[:n], maps[:n]), (scores[n:], maps[n:]), float(threshold)))
     if json_out:
-        try:
-            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            raise UserError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
+        write_result(json_out, result)
     if report_dir:
         write_report(Path(report_dir), result, pairs, scored.x, maps, scored.spec)
     return result
