@@ -180,7 +180,7 @@ class Photos(Sequence):
 
 
 def model_kind(path: Path) -> str:
-    """ "bundle" or "run"; a one-line error before anything heavy is loaded."""
+    """Whether `path` holds a bundle or a training run; a one-line error before anything heavy is loaded."""
     if (path / "bundle.json").is_file():
         return "bundle"
     if (path / "config.json").is_file() or (path / "model.keras").is_file():
