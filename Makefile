@@ -73,6 +73,12 @@ evaluate: setup  ## evaluate runs/$(PRESET) on $(DATA): metrics JSON + HTML repo
 	$(PY) -m train evaluate --model runs/$(PRESET) --data $(DATA) --methods mse,ssim,local \
 		--json runs/$(PRESET)/metrics.json --report runs/$(PRESET)/report
 
+.PHONY: twins
+twins: setup  ## each test defect of $(DATA) beside its defect-free twin, scored by MODEL (default models/default) -> runs/twins
+	test -d $(DATA) || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
+	$(PY) -m train twins --model $(or $(MODEL),models/default) --data $(DATA) --json runs/twins/twins.json \
+		--report runs/twins
+
 bench-train: setup  ## training throughput (img/s) vs the machine's float32 bound -> bench/results/
 	$(PY) bench/train_throughput.py --levers
 
