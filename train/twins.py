@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from edge.errors import UserError
-from edge.preprocess import read_image
+from edge.preprocess import InputSpec, read_image
 from train import metrics
 from train.data import META_FILE
 
@@ -216,7 +216,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, result: dict, pairs: list[Pair], x: np.ndarray, maps: np.ndarray, spec) -> Path:
+def write_report(
+    out: Path, result: dict, pairs: list[Pair], x: np.ndarray, maps: np.ndarray, spec: InputSpec
+) -> Path:
     """index.html with the table and twins.png: per defect, the pair whose local rise is the median of its defect
     (a typical case, not the best or the worst), the photo with its mask outlined, then the photo's and the
     twin's heat maps on one colour scale. Returns the index path."""
@@ -233,9 +235,8 @@ def write_report(out: Path, result: dict, pairs: list[Pair], x: np.ndarray, maps
         mine = sorted((i for i, p in enumerate(pairs) if p.defect == d), key=lambda i: rise[i])
         picks[d] = mine[len(mine) // 2]
     plt = pyplot()
-    vmin, vmax = (
-        float(v) for v in np.percentile(maps, [1, 99.5])
-    )  # the maps' own range: a kNN map sits near 1
+    # the maps' own range, not 0 to their top: a kNN map sits near 1 everywhere
+    vmin, vmax = (float(v) for v in np.percentile(maps, [1, 99.5]))
     fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.3 * len(picks)), dpi=90, squeeze=False)
     for r, (d, i) in enumerate(picks.items()):
         h, w = maps[i].shape
