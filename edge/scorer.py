@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -274,6 +273,6 @@ class Scorer:
             residual_map=residual,
         )
 
-    def score_batch(self, images: Iterable[np.ndarray]) -> list[ScoreResult]:
+    def score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         """Score several crops one by one (the model has a fixed batch of 1)."""
         return [self.score(img) for img in images]

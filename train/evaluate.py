@@ -281,13 +281,14 @@ def _bundle_scores(bundle_dir: Path, images: Sequence[np.ndarray], methods_arg: 
     primary = b.score_method
     if _method_list(methods_arg, primary) != [primary]:
         log.warning("a bundle is scored with its own method (%s) only; ignoring --methods", primary)
-    out = scorer.score_batch(images)
+    out, x = [], []
+    for im in images:  # one pass: each photo is read from disk once (evaluate's Photos)
+        out.append(scorer.score(im))
+        x.append(preprocess(im, b.input).reshape(b.input.height, b.input.width, b.input.channels))
     scores = np.array([r.score for r in out], dtype=np.float64)
     maps = np.stack([np.asarray(r.residual_map, dtype=np.float32) for r in out])
     results = {primary: (scores, maps, float(b.threshold), b.score_params)}
-    return Scored(
-        _model_input(images, b.input), results, f"{b.name} ({b.quantization}, tflite)", b.input, primary
-    )
+    return Scored(np.stack(x), results, f"{b.name} ({b.quantization}, tflite)", b.input, primary)
 
 
 def _calibration_scores(path: Path) -> list | None:
