@@ -117,7 +117,17 @@ bench-latency: setup  ## per-crop latency: Keras vs TFLite float32/float16/int8,
 bench-daemon: setup-edge  ## the daemon on a 1280x720 15 fps clip: idle/busy CPU, still->event latency, RSS
 	$(PY) bench/daemon_bench.py
 
-bench: bench-train bench-latency bench-daemon  ## all benchmarks (results in bench/results/)
+# `make bench-learning [ALERT=0.01]`: a service simulated on new good photos of the dsm100 menu (data/d16, the same
+# preset with 16 photos a dish): the false alarms of the first half are taught to models/default as the daemon
+# does (edge/learning.py); the second half and the test defects are scored before and after, and the crop's time
+# with and without the learned rows is measured side by side.
+.PHONY: bench-learning
+bench-learning: setup  ## false alarms taught on the device: future false alarms, recall, ms per crop -> bench/results/
+	test -d data/dsm100 || $(PY) -m train synth --preset dsm100 --out data/dsm100
+	test -d data/d16 || $(PY) -m train synth --preset dsm100 --train-per-dish 16 --out data/d16
+	$(PY) bench/learning.py --alert $(or $(ALERT),0.01)
+
+bench: bench-train bench-latency bench-daemon bench-learning  ## all benchmarks (results in bench/results/)
 
 # DEVICE=user@host [BUNDLE=models/default] [CONFIG=file] [FORCE_CONFIG=1] [SSH_PORT=22] [MQTT_PASSWORD_FILE=file]:
 # make hands its command-line variables to the script through the environment; no secret passes through here.

@@ -133,6 +133,9 @@ class FeedbackConfig:
     crops_dir: str = ""  # unannotated crops of recent events; empty = <folder of mqtt.spool>/crops
     dataset_dir: str = ""  # MVTec layout, feedback filed here; empty = <folder of mqtt.spool>/feedback
     max_crops: int = 500  # crops kept (oldest pruned): feedback for an older event is answered "expired"
+    learn: bool = True  # a false alarm's crop joins the memory bank at once (kNN bundles; edge/learning.py)
+    learned_file: str = ""  # where the learned rows persist; empty = <folder of mqtt.spool>/learned.npz
+    max_learned_rows: int = 1000  # fine + coarse rows learned at most; past it the oldest lessons are dropped
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,12 @@ def _feedback(table: Any, base: Path, state_dir: Path) -> FeedbackConfig:
             raise UserError(f"feedback.{key}: {p} exists and is not a folder")
     if Path(crops).resolve() == Path(dataset).resolve():
         raise UserError("feedback.dataset_dir: must differ from feedback.crops_dir")
-    return FeedbackConfig(fb.enabled, crops, dataset, fb.max_crops)
+    if fb.max_learned_rows < 1:
+        raise UserError(f"feedback.max_learned_rows: must be >= 1, got {fb.max_learned_rows}")
+    learned = _resolve_path(base, fb.learned_file) or str(state_dir / "learned.npz")
+    if Path(learned).is_dir():
+        raise UserError(f"feedback.learned_file: {learned} is a folder, not a file")
+    return replace(fb, crops_dir=crops, dataset_dir=dataset, learned_file=learned)
 
 
 def load(path: str | Path) -> Config:

@@ -26,6 +26,7 @@ from edge.events import make_event
 from edge.feedback import CropStore, FeedbackFiler
 from edge.gate import SlotGate, crop
 from edge.health import Notifier, Watchdog
+from edge.learning import Lessons, Teacher
 from edge.snapshot import snapshot_jpeg
 from edge.stats import Stats
 
@@ -57,6 +58,7 @@ class Daemon:
         self.watchdog = Watchdog(notifier or Notifier(), cfg.health.watchdog_max_stall_s)
         self.frame_hw: tuple[int, int] | None = None
         self.idle = False  # the pass is quiet (SlotGate.quiet): frames are taken at camera.idle_fps
+        self.lessons: Lessons | None = None  # what the bank learned from false alarms (feedback.learn)
         self.crops = self._feedback_hooks(cfg)
 
     def _feedback_hooks(self, cfg: Config) -> CropStore | None:
@@ -64,9 +66,28 @@ class Daemon:
         if not cfg.feedback.enabled:
             return None
         crops = CropStore(cfg.feedback.crops_dir, cfg.feedback.max_crops)
-        filer = FeedbackFiler(crops, cfg.feedback.dataset_dir)
+        teacher = self._teacher(cfg)
+        filer = FeedbackFiler(crops, cfg.feedback.dataset_dir, teacher.on_label if teacher else None)
         self.publisher.subscribe(f"{self.base}/feedback", filer.on_message)
         return crops
+
+    def _teacher(self, cfg: Config) -> Teacher | None:
+        """A false alarm teaches the bank at once (edge/learning.py), with what earlier runs learned restored."""
+        bank = self.scorer.bank
+        if not cfg.feedback.learn:
+            return None
+        if bank is None:
+            log.info(
+                "feedback.learn: %s scores by reconstruction; only kNN bundles learn", self.model["name"]
+            )
+            return None
+        b = self.scorer.bundle
+        key = f"{b.sha256}:{b.score_params['bank'].get('sha256', '')}"
+        dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
+        self.lessons = Lessons(cfg.feedback.learned_file, key, dims, cfg.feedback.max_learned_rows)
+        log.info("feedback.learn: %s", self.lessons.load())
+        self.scorer.set_learned(self.lessons.rows())
+        return Teacher(self.scorer, self.lessons)
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -183,6 +204,9 @@ class Daemon:
 
     def _publish_stats(self) -> None:
         report = self.stats.report(self.grabber)
+        if self.lessons is not None:  # extension: how much the device has learned from false alarms
+            report["learned_rows"] = self.lessons.n_rows
+            report["learned_events"] = self.lessons.n_events
         self.publisher.publish_stats(report)
         self.watchdog.status(
             f"camera {report['camera']}, {report['input_fps']} fps, {self.stats.events} events"

@@ -6,8 +6,9 @@ bounded by `feedback.max_crops`); when `<base>/<camera>/feedback` names one, it 
 folder that `python -m train fit --data` reads as it is: `train/good/<id>.png` for a false alarm,
 `test/<defect>/<id>.png` for a confirmed defect (`unspecified` without a name).
 
-Feedback arrives on paho's network thread: the work is one small file copy, every failure is one log line, and
-nothing here may raise into the client or block the main loop. The payload checks are shared with the dashboard
+Feedback arrives on paho's network thread: the work is one small file copy (and, for a kNN bundle, one crop
+taught to the bank, edge/learning.py), every failure is one log line, and nothing here may raise into the client
+or block the main loop. The payload checks are shared with the dashboard
 (`validate_feedback`), so what the dashboard accepts the daemon files.
 """
 
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,10 +142,18 @@ class CropStore:
 class FeedbackFiler:
     """Files feedback into `dataset_dir` (MVTec layout); the latest label for an event wins."""
 
-    def __init__(self, store: CropStore, dataset_dir: str | Path) -> None:
+    def __init__(
+        self,
+        store: CropStore,
+        dataset_dir: str | Path,
+        on_label: Callable[[str, str, Path | None], None] | None = None,
+    ) -> None:
+        """`on_label(event id, label, kept crop or None)` runs after each valid feedback, filed or not (the
+        device learning from it, edge.learning.Teacher)."""
         self.store = store
         self.dataset = Path(dataset_dir)
         self.filed = 0
+        self.on_label = on_label
 
     def target(self, fb: Feedback) -> Path:
         if fb.label == "false_alarm":
@@ -199,3 +209,5 @@ class FeedbackFiler:
             self.file(fb)
         except OSError as exc:
             log.warning("feedback %s for event %s not filed in %s (%s)", fb.label, fb.id, self.dataset, exc)
+        if self.on_label is not None:
+            self.on_label(fb.id, fb.label, self.store.path(fb.id))

@@ -51,11 +51,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edge.bundle import read_checked
+
+if TYPE_CHECKING:
+    from edge.learning import LearnedRows
 from edge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -211,6 +215,9 @@ class Bank:
     # the fine search as a TFLite model over exactly these rows and scales (edge.search.TfliteSearch, a bundle's
     # search.tflite); None: nn_distances in numpy
     search: Callable[[np.ndarray], np.ndarray] | None = None
+    # fine rows the device learned from false alarms (edge.learning, Bank.with_learned), searched in numpy beside
+    # the bank's own; None: none
+    learned: LearnedRows | None = None
 
     @property
     def distance(self) -> str:
@@ -239,15 +246,43 @@ class Bank:
         return replace(self, images=embeddings, coarse=coarse, exclude=skip)
 
     def fine_distances(self, rows: np.ndarray) -> np.ndarray:
-        """(N, D) fine patch rows -> (N,) distances to their nearest bank row, by the search model when the
-        bundle has one."""
+        """(N, D) fine patch rows -> (N,) distances to their nearest bank row (or learned row), by the search
+        model when the bundle has one."""
         if self.search is not None and self.exclude is None:  # a model cannot skip rows: held-out is numpy
-            return self.search(rows)
-        if not len(self.patches):
+            d = self.search(rows)
+        elif not len(self.patches):
             raise ValueError(
                 "bank loaded without its fine rows (load_bank rows=False): a numpy search needs them"
             )
-        return nn_distances(rows, self.patches, row_scale=self.patch_spacing, exclude=self.exclude)
+        else:
+            d = nn_distances(rows, self.patches, row_scale=self.patch_spacing, exclude=self.exclude)
+        if self.learned is not None and len(self.learned.fine):
+            d = np.minimum(d, nn_distances(rows, self.learned.fine, row_scale=self.learned.fine_scale))
+        return d
+
+    def with_learned(self, learned: LearnedRows) -> Bank:
+        """This bank and the rows learned on the device (edge.learning): the fine ones are searched beside the
+        bank's own, since its search model holds a fixed set; the coarse ones join the coarse stage's rows,
+        which are searched in numpy anyway. Call it on the bank as loaded, never on one already extended."""
+        coarse = self.coarse
+        if coarse is not None and len(learned.coarse):
+            rows = np.concatenate([coarse.patches, learned.coarse.astype(coarse.patches.dtype)])
+            scale = (
+                coarse.row_scale
+            )  # plain coarse distances: the learned rows' scales are 1 (new_row_scales)
+            if scale is not None:
+                scale = np.concatenate([scale, learned.coarse_scale])
+            coarse = replace(coarse, patches=rows, row_scale=scale)
+        return replace(self, coarse=coarse, learned=learned if len(learned.fine) else None)
+
+    def new_row_scales(self) -> tuple[float, float]:
+        """(fine, coarse) scale a learned row divides its distances by: the median of the bank's own (1 for
+        plain distances). A learned row has no held-out photos to calibrate it on; the median is the typical
+        good patch's spread."""
+        fine = 1.0 if self.patch_spacing is None else float(np.median(self.patch_spacing))
+        c = self.coarse
+        coarse = 1.0 if c is None or c.row_scale is None else float(np.median(c.row_scale))
+        return fine, coarse
 
     def score(
         self, features: np.ndarray, out_hw: tuple[int, int], sigma: float = 8.0

@@ -30,6 +30,7 @@ from edge.errors import UserError
 from edge.events import significant
 from edge.interpreter import load_interpreter
 from edge.knn import load_bank
+from edge.learning import LearnedRows, lesson
 from edge.preprocess import resize_to_input, to_model_float
 from edge.scoring import score_reconstruction
 
@@ -195,6 +196,7 @@ class Scorer:
                 f"{where}: search.tflite takes {search.queries} patches, the model's grid has {cells}"
             )
         self._lock = threading.Lock()
+        self._loaded_bank = self.bank  # what set_learned extends
         log.info(
             "%s loaded: %s, %s, %s, threshold %.6g, sha256 %s",
             where,
@@ -204,6 +206,25 @@ class Scorer:
             b.threshold,
             b.sha256[:12],
         )
+
+    def set_learned(self, rows: LearnedRows) -> None:
+        """Search `rows` (learned on the device from false alarms, edge.learning) beside the bundle's bank."""
+        if self._loaded_bank is None:
+            raise ValueError(
+                f"bundle {self.bundle.name} scores by reconstruction: it has no bank to learn into"
+            )
+        with self._lock:
+            self.bank = self._loaded_bank.with_learned(rows)
+
+    def lesson(self, bgr: np.ndarray) -> LearnedRows:
+        """The rows a crop staff marked as good would teach the bank (edge.learning.lesson)."""
+        if self.bank is None:
+            raise ValueError(
+                f"bundle {self.bundle.name} scores by reconstruction: it has no bank to learn into"
+            )
+        with self._lock:
+            features = self._runner.run(resize_to_input(bgr, self.bundle.input))[1]
+            return lesson(self.bank, features)
 
     def use_threshold(self, override: ThresholdOverride) -> str:
         """Compare scores against the kitchen's own threshold or false-positive rate instead of the bundle's

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from tests.conftest import ROOT
 
 
 def mini_dataset(root: Path, n: int = 4, size: int = 64) -> Path:
@@ -173,3 +179,40 @@ def wait_for(cond, timeout: float = 30.0, step: float = 0.05, what: str = "") ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or cond}")
         time.sleep(step)
+
+
+class Daemon:
+    """`python -m edge run --config CFG --print-events` as a subprocess; stdout events collected by a thread."""
+
+    def __init__(self, config: Path, env: dict | None = None) -> None:
+        self.err = open(config.with_suffix(".stderr"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(config), "--print-events"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                **(env or {}),
+            },
+        )
+        self.events: list[dict] = []
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr_path = config.with_suffix(".stderr")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self.events.append(json.loads(line))
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.err.close()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()

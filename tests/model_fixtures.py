@@ -1,4 +1,5 @@
-"""Session-scoped fixtures: a tiny synthetic dataset, a tiny trained run and its int8 bundle, built once per session.
+"""Session-scoped fixtures, built once per session: a tiny synthetic dataset, a tiny trained CAE run and its int8
+bundle, a tiny effnet-knn run and its int8 bundle, and a short clip of the CAE's clearest good and anomalous plates.
 
 Why through the real CLIs: the daemon's and the converter's tests must exercise what a user runs
 (`train synth` -> `train fit` -> `convert`), not a hand-made model. Tiny means 32 px, three levels of 8-8-16
@@ -8,6 +9,8 @@ Registered in tests/conftest.py with `pytest_plugins`.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,69 @@ def tiny_bundle(tiny_run, tiny_dataset, tmp_path_factory) -> Path:
     args = ("--model", str(tiny_run), "--data", str(tiny_dataset), "--out", str(out), "--quant", "int8")
     _check(run_cli("convert", *args), "convert (tiny, int8)")
     return out
+
+
+KNN_SIZE = 64  # px: EfficientNet-Lite2 (the default backbone) on an 8x8 patch grid, well under a minute
+
+
+@pytest.fixture(scope="session")
+def knn_run(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("knn_run") / "run"
+    # the default distance (calibrated: its row scales must skip a photo's own augmented copies, in fit and in
+    # convert) with augmented copies; cae-knn's test runs the relative distance and no copies
+    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE),
+            "--bank-augment", "2")  # fmt: skip
+    _check(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
+    return out
+
+
+@pytest.fixture(scope="session")
+def knn_bundle(knn_run, tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("knn_bundle") / "knn"
+    args = ("--model", str(knn_run), "--data", str(tiny_dataset), "--out", str(out), "--representative", "20")
+    _check(
+        run_cli("convert", *args, "--quant", "int8"), "convert effnet-knn"
+    )  # int8 whatever its parity here
+    return out
+
+
+@pytest.fixture(scope="session")
+def clear_data(tiny_dataset, tiny_bundle, tmp_path_factory) -> Path:
+    """The clearest good and anomalous test images for the tiny model: the clip's verdicts are then known."""
+    from edge.preprocess import IMAGE_SUFFIXES, read_image
+    from edge.scorer import Scorer
+
+    s = Scorer(tiny_bundle, threads=1)
+    scored = []
+    for p in sorted((tiny_dataset / "test").rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            defect = p.relative_to(tiny_dataset / "test").parts[0]
+            scored.append((s.score(read_image(p)).score / s.bundle.threshold, defect, p))
+    good = min((x for x in scored if x[1] == "good"), key=lambda x: x[0])
+    bad = max((x for x in scored if x[1] != "good"), key=lambda x: x[0])
+    assert good[0] < 0.9 and bad[0] > 1.2, f"the tiny model has no clear case: good {good}, anomalous {bad}"
+    out = tmp_path_factory.mktemp("clear") / "data"
+    for _sev, defect, p in (good, bad):
+        (out / "test" / defect).mkdir(parents=True)
+        shutil.copy(p, out / "test" / defect / p.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip(clear_data, tmp_path_factory) -> dict:
+    """A 320x240, 10 fps clip: 6 plates over 2 slots, good and anomalous alternating (about 26 s)."""
+    d = tmp_path_factory.mktemp("clip")
+    args = ("--size", "320x240", "--fps", "10", "--plates", "6", "--rest", "2.5", "--seed", "1")
+    proc = run_cli(
+        "edge",
+        "clip",
+        "--data",
+        str(clear_data),
+        "--out",
+        str(d / "c.mp4"),
+        "--timeline",
+        str(d / "c.json"),
+        *args,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((d / "c.json").read_text())

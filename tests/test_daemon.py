@@ -9,12 +9,8 @@ and no WATCHDOG once frames stop; config errors are one line.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,93 +18,13 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.preprocess import IMAGE_SUFFIXES
-from tests.conftest import ROOT, assert_one_line_error, run_cli
-from tests.daemon_helpers import MjpegServer, Subscriber, wait_for, write_config
+from tests.conftest import assert_one_line_error, run_cli
+from tests.daemon_helpers import Daemon, MjpegServer, Subscriber, wait_for, write_config
 
 BASE = "dishwatch/pass1"
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def clear_data(tiny_dataset, tiny_bundle, tmp_path_factory) -> Path:
-    """The clearest good and anomalous test images for the tiny model: the clip's verdicts are then known."""
-    from edge.preprocess import read_image
-    from edge.scorer import Scorer
-
-    s = Scorer(tiny_bundle, threads=1)
-    scored = []
-    for p in sorted((tiny_dataset / "test").rglob("*")):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            defect = p.relative_to(tiny_dataset / "test").parts[0]
-            scored.append((s.score(read_image(p)).score / s.bundle.threshold, defect, p))
-    good = min((x for x in scored if x[1] == "good"), key=lambda x: x[0])
-    bad = max((x for x in scored if x[1] != "good"), key=lambda x: x[0])
-    assert good[0] < 0.9 and bad[0] > 1.2, f"the tiny model has no clear case: good {good}, anomalous {bad}"
-    out = tmp_path_factory.mktemp("clear") / "data"
-    for _sev, defect, p in (good, bad):
-        (out / "test" / defect).mkdir(parents=True)
-        shutil.copy(p, out / "test" / defect / p.name)
-    return out
-
-
-@pytest.fixture(scope="module")
-def clip(clear_data, tmp_path_factory) -> dict:
-    """A 320x240, 10 fps clip: 6 plates over 2 slots, good and anomalous alternating (about 26 s)."""
-    d = tmp_path_factory.mktemp("clip")
-    args = ("--size", "320x240", "--fps", "10", "--plates", "6", "--rest", "2.5", "--seed", "1")
-    proc = run_cli(
-        "edge",
-        "clip",
-        "--data",
-        str(clear_data),
-        "--out",
-        str(d / "c.mp4"),
-        "--timeline",
-        str(d / "c.json"),
-        *args,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((d / "c.json").read_text())
-
-
-class Daemon:
-    """`python -m edge run --config CFG --print-events` as a subprocess; stdout events collected by a thread."""
-
-    def __init__(self, config: Path, env: dict | None = None) -> None:
-        self.err = open(config.with_suffix(".stderr"), "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "--config", str(config), "--print-events"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                **(env or {}),
-            },
-        )
-        self.events: list[dict] = []
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.stderr_path = config.with_suffix(".stderr")
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            self.events.append(json.loads(line))
-
-    def wait(self, timeout: float = 120) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.err.close()
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-
 def _config(tmp_path: Path, clip: dict, bundle: Path, url: str, **extra) -> Path:
     return write_config(
         tmp_path / "pass.toml", clip["video"], clip["slots"], bundle, url, tmp_path / "spool.sqlite", **extra

@@ -155,6 +155,8 @@ def test_feedback_defaults_sit_next_to_the_spool(tmp_path):
     assert fb.enabled and fb.max_crops == 500
     assert fb.crops_dir == str(tmp_path / "state" / "crops")
     assert fb.dataset_dir == str(tmp_path / "state" / "feedback")
+    assert fb.learn and fb.max_learned_rows == 1000
+    assert fb.learned_file == str(tmp_path / "state" / "learned.npz")
     fb = parse(_doc(tmp_path, dataset_dir="ds", enabled=False), tmp_path / "c.toml").feedback
     assert fb.dataset_dir == str(tmp_path / "ds") and not fb.enabled, "relative to the config's folder"
 
@@ -168,6 +170,9 @@ def test_feedback_defaults_sit_next_to_the_spool(tmp_path):
         ({"crops": "x"}, "feedback.crops: unknown key"),
         ({"crops_dir": "same", "dataset_dir": "same"}, "feedback.dataset_dir: must differ"),
         ({"dataset_dir": "afile"}, "feedback.dataset_dir:"),
+        ({"max_learned_rows": 0}, "feedback.max_learned_rows: must be >= 1"),
+        ({"learn": 1}, "feedback.learn: expected true or false"),
+        ({"learned_file": "."}, "feedback.learned_file: .* is a folder"),
     ],
 )
 def test_feedback_config_errors_name_the_key(tmp_path, table, needle):

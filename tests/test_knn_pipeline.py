@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DESIGN_METRIC_KEYS, ROOT, assert_one_line_error, run_cli
-
-KNN_SIZE = 64
+from tests.model_fixtures import KNN_SIZE
 
 
 def _ok(proc, what: str):
@@ -31,25 +30,6 @@ def _ok(proc, what: str):
 
 def _images(dataset: Path, sub: str) -> list[Path]:
     return sorted(p for p in (dataset / sub).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-
-
-@pytest.fixture(scope="module")
-def knn_run(tiny_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("knn_run") / "run"
-    # the default distance (calibrated: its row scales must skip a photo's own augmented copies, in fit and in
-    # convert) with augmented copies; cae-knn's test runs the relative distance and no copies
-    args = ("--data", str(tiny_dataset), "--out", str(out), "--image-size", str(KNN_SIZE),
-            "--bank-augment", "2")  # fmt: skip
-    _ok(run_cli("train", "fit", "--method", "effnet-knn", *args), "fit effnet-knn")
-    return out
-
-
-@pytest.fixture(scope="module")
-def knn_bundle(knn_run, tiny_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("knn_bundle") / "knn"
-    args = ("--model", str(knn_run), "--data", str(tiny_dataset), "--out", str(out), "--representative", "20")
-    _ok(run_cli("convert", *args, "--quant", "int8"), "convert effnet-knn")  # int8 whatever its parity here
-    return out
 
 
 def test_fit_writes_a_knn_run_and_evaluate_reports_it(knn_run, tiny_dataset, tmp_path):
