@@ -57,10 +57,10 @@ import cv2
 import numpy as np
 
 from edge.bundle import read_checked
+from edge.errors import UserError
 
 if TYPE_CHECKING:
     from edge.learning import LearnedRows
-from edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +267,8 @@ class Bank:
         coarse = self.coarse
         if coarse is not None and len(learned.coarse):
             rows = np.concatenate([coarse.patches, learned.coarse.astype(coarse.patches.dtype)])
-            scale = (
-                coarse.row_scale
-            )  # plain coarse distances: the learned rows' scales are 1 (new_row_scales)
+            # plain coarse distances (no row scales): the learned rows' scales are 1 (new_row_scales)
+            scale = coarse.row_scale
             if scale is not None:
                 scale = np.concatenate([scale, learned.coarse_scale])
             coarse = replace(coarse, patches=rows, row_scale=scale)

@@ -117,9 +117,8 @@ class Lessons:
 
     def __init__(self, path: str | Path, bundle_key: str, dims: tuple[int, int], max_rows: int) -> None:
         self.path = Path(path)
-        self.key = (
-            bundle_key  # the bundle's model and bank hashes: rows belong to the features that made them
-        )
+        # the bundle's model and bank hashes: rows belong to the features that made them
+        self.key = bundle_key
         self.dims = dims  # (fine, coarse) feature dims; coarse 0 without a coarse stage
         self.max_rows = max_rows
         self.events: dict[str, LearnedRows] = {}  # oldest first (dicts keep insertion order)

@@ -29,7 +29,7 @@ from edge.calibration import ThresholdOverride
 from edge.errors import UserError
 from edge.events import significant
 from edge.interpreter import load_interpreter
-from edge.knn import load_bank
+from edge.knn import Bank, load_bank
 from edge.learning import LearnedRows, lesson
 from edge.preprocess import resize_to_input, to_model_float
 from edge.scoring import score_reconstruction
@@ -207,21 +207,22 @@ class Scorer:
             b.sha256[:12],
         )
 
-    def set_learned(self, rows: LearnedRows) -> None:
-        """Search `rows` (learned on the device from false alarms, edge.learning) beside the bundle's bank."""
+    def _loaded(self) -> Bank:
         if self._loaded_bank is None:
             raise ValueError(
                 f"bundle {self.bundle.name} scores by reconstruction: it has no bank to learn into"
             )
+        return self._loaded_bank
+
+    def set_learned(self, rows: LearnedRows) -> None:
+        """Search `rows` (learned on the device from false alarms, edge.learning) beside the bundle's bank."""
+        bank = self._loaded().with_learned(rows)
         with self._lock:
-            self.bank = self._loaded_bank.with_learned(rows)
+            self.bank = bank
 
     def lesson(self, bgr: np.ndarray) -> LearnedRows:
         """The rows a crop staff marked as good would teach the bank (edge.learning.lesson)."""
-        if self.bank is None:
-            raise ValueError(
-                f"bundle {self.bundle.name} scores by reconstruction: it has no bank to learn into"
-            )
+        self._loaded()
         with self._lock:
             features = self._runner.run(resize_to_input(bgr, self.bundle.input))[1]
             return lesson(self.bank, features)
