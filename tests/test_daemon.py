@@ -97,6 +97,7 @@ def test_clip_gives_one_event_per_plate_and_ends_cleanly(tmp_path, clip, tiny_bu
     # in its still window.
     assert stats["frames_rate_skipped"] > 0 and "processed_fps" in stats
     assert 0 < stats["rss_anon_mb"] < stats["rss_mb"]
+    assert "only kNN bundles learn" in d.stderr() and "learned_rows" not in stats, "a CAE bundle has no bank"
 
 
 def test_the_kitchens_threshold_decides_every_verdict(tmp_path, clip, tiny_bundle, broker):

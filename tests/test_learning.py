@@ -135,6 +135,38 @@ def test_a_taught_crop_scores_under_the_floor_and_nothing_scores_higher(knn_bund
     np.testing.assert_array_equal([scorer.score(c).score for c in crops], before)
 
 
+def test_the_teacher_teaches_forgets_and_survives_an_unwritable_file(
+    knn_bundle, tiny_dataset, tmp_path, caplog
+):
+    import cv2
+
+    from edge.learning import Teacher
+    from edge.scorer import Scorer
+
+    scorer = Scorer(knn_bundle, threads=1)
+    crops = _test_crops(tiny_dataset)
+    worst = max(crops, key=lambda c: scorer.score(c).score)
+    crop_path = tmp_path / "e1.png"
+    cv2.imwrite(str(crop_path), worst)
+    (tmp_path / "afile").write_text("")
+    bank = scorer.bank
+    dims = (bank.patches.shape[1], bank.coarse.patches.shape[1])
+    lessons = Lessons(tmp_path / "afile" / "learned.npz", "k", dims, max_rows=1000)  # its folder is a file
+    teacher = Teacher(scorer, lessons)
+    teacher.on_label("e1", "false_alarm", crop_path)
+    assert lessons.n_events == 1 and scorer.score(worst).score <= LEARN_FLOOR + 1e-3, (
+        "learned though not saved"
+    )
+    assert "learned rows not saved to" in caplog.text and "they hold until a restart" in caplog.text
+    teacher.on_label("e1", "false_alarm", crop_path)  # taught again: the same rows, not twice as many
+    assert lessons.n_events == 1 and len(lessons.rows().fine) == len(lessons.events["e1"].fine)
+    teacher.on_label("e2", "false_alarm", None)  # the crop expired: nothing to learn, no error
+    teacher.on_label("e3", "confirmed", None)  # never taught: nothing to forget
+    assert lessons.n_events == 1
+    teacher.on_label("e1", "confirmed", crop_path)
+    assert lessons.n_events == 0 and scorer.score(worst).score > LEARN_FLOOR * 1.05, "forgotten"
+
+
 # --- the daemon, end to end ---------------------------------------------------------------------------
 def _publish(broker, doc: dict) -> None:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
