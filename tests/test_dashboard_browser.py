@@ -232,6 +232,8 @@ def test_live_events_states_health_and_snapshots(browser, broker, dashboard):
         "inference_ms_p50": 2.9,
         "spool_depth": 3,
         "camera": "streaming",
+        "learned_rows": 180,
+        "learned_events": 3,
     }
     send(c, f"{BASE}/stats", stats, qos=0, retain=True)
     send(c, f"{BASE}/left/state", "empty", retain=True)
@@ -276,6 +278,7 @@ def test_live_events_states_health_and_snapshots(browser, broker, dashboard):
     assert (
         "online" in health and "14.8 fps" in health and "inference 2.9 ms" in health and "spool 3" in health
     )
+    assert "learned from 3 false alarms" in health
     wait_js(browser, "return document.querySelectorAll('#charts canvas').length === 2", what="two charts")
     assert int(browser.execute_script("return document.body.dataset.beeps || '0'")) >= 1
     out = screenshot(browser)

@@ -129,6 +129,11 @@
       `spool ${typeof s.spool_depth === "number" ? s.spool_depth : "–"}`,
     ];
     if (typeof s.camera === "string") parts.push(`camera ${s.camera}`);
+    if (typeof s.learned_events === "number" && s.learned_events > 0) {
+      // the device learns from "False alarm" presses (edge/learning.py)
+      const n = s.learned_events;
+      parts.push(`learned from ${n} false alarm${n === 1 ? "" : "s"}`);
+    }
     if (typeof cam.stats_age_s === "number") parts.push(`stats ${Math.round(cam.stats_age_s)} s ago`);
     return parts.join(" · ");
   }
