@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_record  # noqa: E402
-from edge.learning import LEARN_FLOOR, Lessons  # noqa: E402
+from edge.learning import LEARN_FLOOR, LearnedRows, Lessons  # noqa: E402
 from edge.scorer import Scorer  # noqa: E402
 from train.data import load_dataset  # noqa: E402
 from train.metrics import auroc  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> int:
     b = scorer.bundle
     bank = scorer.bank
     dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
-    lessons = Lessons("/dev/null", b.sha256, dims, max_rows=10**9)
+    lessons = Lessons("/dev/null", b.sha256, dims, max_rows=10**9)  # in memory only: never saved
     presses = 0
     t0 = time.perf_counter()
     for i, p in enumerate(service):
@@ -138,7 +138,7 @@ def main() -> int:
     timing = {"shipped": [], "learned": []}
     sample = read[:100]
     for _ in range(args.rounds):  # alternating, so a noisy neighbour hits both alike
-        scorer.set_learned(Lessons("/dev/null", "", dims, 1).rows())
+        scorer.set_learned(LearnedRows.nothing(dims))
         timing["shipped"].append(round(timed(scorer, sample), 2))
         scorer.set_learned(learned)
         timing["learned"].append(round(timed(scorer, sample), 2))

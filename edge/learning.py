@@ -58,6 +58,12 @@ class LearnedRows:
     def __len__(self) -> int:
         return len(self.fine) + len(self.coarse)
 
+    @classmethod
+    def nothing(cls, dims: tuple[int, int]) -> LearnedRows:
+        """No learned rows for a bank of (fine, coarse) feature dims (coarse 0 without a coarse stage)."""
+        z = np.zeros(0, np.float32)
+        return cls(np.zeros((0, dims[0]), np.float32), z, np.zeros((0, dims[1]), np.float32), z)
+
 
 def lesson(bank: Bank, features: np.ndarray, floor: float = LEARN_FLOOR) -> LearnedRows:
     """The rows a marked crop's (h, w, D) feature grid teaches `bank` (which holds what was learned so far)."""
@@ -107,8 +113,7 @@ PARTS = ("fine", "fine_scale", "coarse", "coarse_scale")  # LearnedRows' fields,
 
 def _join(parts: list[LearnedRows], dims: tuple[int, int]) -> LearnedRows:
     if not parts:
-        z = np.zeros(0, np.float32)
-        return LearnedRows(np.zeros((0, dims[0]), np.float32), z, np.zeros((0, dims[1]), np.float32), z)
+        return LearnedRows.nothing(dims)
     return LearnedRows(*(np.concatenate([getattr(p, k) for p in parts]) for k in PARTS))
 
 

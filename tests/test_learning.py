@@ -129,9 +129,7 @@ def test_a_taught_crop_scores_under_the_floor_and_nothing_scores_higher(knn_bund
     assert after[worst] <= LEARN_FLOOR + 1e-3 and not scorer.score(crops[worst]).anomalous
     assert np.all(after <= before + 1e-5), "learned rows can only bring crops nearer to good"
     assert scorer.lesson(crops[worst]).fine.shape[0] == 0, "taught once, nothing left to learn"
-    scorer.set_learned(
-        LearnedRows(rows.fine[:0], rows.fine_scale[:0], rows.coarse[:0], rows.coarse_scale[:0])
-    )
+    scorer.set_learned(LearnedRows.nothing((rows.fine.shape[1], rows.coarse.shape[1])))
     np.testing.assert_array_equal([scorer.score(c).score for c in crops], before)
 
 
