@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_record  # noqa: E402
-from edge.learning import LEARN_FLOOR, LearnedRows, Lessons  # noqa: E402
+from edge.learning import LEARN_FLOOR, LearnedRows, lessons_for  # noqa: E402
 from edge.scorer import Scorer  # noqa: E402
 from train.data import load_dataset  # noqa: E402
 from train.metrics import auroc  # noqa: E402
@@ -121,8 +121,8 @@ def main() -> int:
     before = summary(score_all(read), score_all(read_defects), thr)
     b = scorer.bundle
     bank = scorer.bank
-    dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
-    lessons = Lessons("/dev/null", b.sha256, dims, max_rows=10**9)  # in memory only: never saved
+    lessons = lessons_for(scorer, "/dev/null", max_rows=10**9)  # in memory only: never saved
+    dims = lessons.dims
     presses = 0
     t0 = time.perf_counter()
     for i, p in enumerate(service):

@@ -25,6 +25,12 @@ def build_parser() -> OneLineParser:
         default=0.0,
         help="the threshold at this false-positive rate on the bundle's held-out good scores (e.g. 0.05)",
     )
+    s.add_argument(
+        "--learned",
+        default="",
+        help="also search the rows a device learned from false alarms (its feedback.learned_file) to "
+        "reproduce its verdicts; the file must belong to this bundle",
+    )
     s.add_argument("images", nargs="+", help="image files")
     s.set_defaults(handler="edge.score_cli:cli_main")
 

@@ -26,7 +26,7 @@ from edge.events import make_event
 from edge.feedback import CropStore, FeedbackFiler
 from edge.gate import SlotGate, crop
 from edge.health import Notifier, Watchdog
-from edge.learning import Lessons, Teacher
+from edge.learning import Lessons, Teacher, lessons_for
 from edge.snapshot import snapshot_jpeg
 from edge.stats import Stats
 
@@ -73,18 +73,14 @@ class Daemon:
 
     def _teacher(self, cfg: Config) -> Teacher | None:
         """A false alarm teaches the bank at once (edge/learning.py), with what earlier runs learned restored."""
-        bank = self.scorer.bank
         if not cfg.feedback.learn:
             return None
-        if bank is None:
+        if self.scorer.bank is None:
             log.info(
                 "feedback.learn: %s scores by reconstruction; only kNN bundles learn", self.model["name"]
             )
             return None
-        b = self.scorer.bundle
-        key = f"{b.sha256}:{b.score_params['bank'].get('sha256', '')}"
-        dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
-        self.lessons = Lessons(cfg.feedback.learned_file, key, dims, cfg.feedback.max_learned_rows)
+        self.lessons = lessons_for(self.scorer, cfg.feedback.learned_file, cfg.feedback.max_learned_rows)
         log.info("feedback.learn: %s", self.lessons.load())
         self.scorer.set_learned(self.lessons.rows())
         return Teacher(self.scorer, self.lessons)

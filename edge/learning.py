@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from edge.errors import UserError
 from edge.knn import nn_distances
 
 if TYPE_CHECKING:
+    from edge.bundle import BundleInfo
     from edge.knn import Bank
     from edge.scorer import Scorer
 
@@ -127,6 +129,7 @@ class Lessons:
         self.dims = dims  # (fine, coarse) feature dims; coarse 0 without a coarse stage
         self.max_rows = max_rows
         self.events: dict[str, LearnedRows] = {}  # oldest first (dicts keep insertion order)
+        self._strict = False  # load(set_aside=False): refuse a file that does not fit instead of moving it
         # the MQTT thread teaches while the main loop reads the counts for stats
         self._lock = threading.RLock()
 
@@ -196,11 +199,15 @@ class Lessons:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def load(self) -> str:
-        """Read what earlier runs learned; returns a one-line account for the log. Never raises: a file that
-        does not fit this bundle is moved aside (`.old`), since the crops themselves stay filed in the feedback
-        folder for the next training."""
+    def load(self, set_aside: bool = True) -> str:
+        """Read what earlier runs learned; returns a one-line account for the log. The daemon's call never
+        raises: a file that does not fit this bundle is moved aside (`.old`), since the crops themselves stay
+        filed in the feedback folder for the next training. `set_aside=False` (edge score --learned) leaves the
+        file alone and raises a one-line UserError instead."""
+        self._strict = not set_aside
         if not self.path.is_file():
+            if self._strict:
+                raise UserError(f"{self.path}: no such learned file")
             return f"nothing learned yet ({self.path})"
         try:
             with np.load(self.path, allow_pickle=False) as z:
@@ -233,12 +240,46 @@ class Lessons:
         return ""
 
     def _set_aside(self, why: str) -> str:
+        if self._strict:
+            raise UserError(f"{self.path}: {why}")
         aside = self.path.with_name(self.path.name + ".old")
         try:
             os.replace(self.path, aside)
         except OSError as exc:
             return f"{self.path}: {why}; not used, and could not be moved aside ({exc})"
         return f"{self.path}: {why}; not used (moved to {aside.name}), learning starts again"
+
+
+def bundle_key(b: BundleInfo) -> str:
+    """What learned rows belong to: the bundle's model and bank hashes (rows are features of that model)."""
+    return f"{b.sha256}:{(b.score_params.get('bank') or {}).get('sha256', '')}"
+
+
+def lessons_for(scorer: Scorer, path: str | Path, max_rows: int) -> Lessons:
+    """The store of what `scorer`'s bundle learned."""
+    bank = scorer.bank
+    if bank is None:
+        raise ValueError(
+            f"bundle {scorer.bundle.name} scores by reconstruction: it has no bank to learn into"
+        )
+    dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
+    return Lessons(path, bundle_key(scorer.bundle), dims, max_rows)
+
+
+def check_learned_file(path: str | Path, bundle: BundleInfo) -> None:
+    """A one-line UserError unless `path` is a learned file of `bundle`: `edge score --learned` asks before it
+    loads the model, so a wrong file is its only line on stderr."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fmt, owner = int(z["format"]), str(z["bundle"])
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such learned file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a learned file ({exc})") from None
+    if fmt != FORMAT:
+        raise UserError(f"{path}: format {fmt}, this version reads {FORMAT}")
+    if owner != bundle_key(bundle):
+        raise UserError(f"{path}: learned with another bundle than {bundle.path}")
 
 
 class Teacher:

@@ -1,4 +1,6 @@
-"""`python -m edge score --bundle DIR IMAGE...`: one JSON object per image on stdout.
+"""`python -m edge score --bundle DIR [--learned FILE] IMAGE...`: one JSON object per image on stdout.
+
+`--learned` searches a device's learned rows too (edge/learning.py), so its verdicts can be reproduced offline.
 
 Exit codes: 0 when every image was scored; 1 when at least one image could not be read (it gets its own line
 with an `error` field and a warning on stderr; the others are still scored); 2 when the bundle is refused or a
@@ -11,8 +13,10 @@ import json
 import logging
 import sys
 
+from edge.bundle import KNN_METHODS, read_bundle
 from edge.calibration import ThresholdOverride
 from edge.errors import UserError
+from edge.learning import check_learned_file, lessons_for
 from edge.preprocess import read_image
 from edge.scorer import Scorer
 
@@ -40,8 +44,19 @@ def score_path(scorer: Scorer, path: str) -> dict:
 
 def cli_main(args) -> int:
     override = ThresholdOverride(args.threshold, args.target_fpr, ("--threshold", "--target-fpr")).validate()
+    if args.learned:  # before the model loads (and logs): a wrong file is then the only line on stderr
+        bundle = read_bundle(args.bundle)
+        if bundle.score_method not in KNN_METHODS:
+            raise UserError(
+                f"--learned {args.learned}: bundle {args.bundle} scores by reconstruction, it has no bank"
+            )
+        check_learned_file(args.learned, bundle)
     scorer = Scorer(args.bundle, threads=args.threads)
     scorer.use_threshold(override)
+    if args.learned:
+        lessons = lessons_for(scorer, args.learned, max_rows=sys.maxsize)
+        log.info("--learned: %s", lessons.load(set_aside=False))
+        scorer.set_learned(lessons.rows())
     failed = 0
     for path in args.images:  # streamed: each line is written as soon as its image is scored
         row = score_path(scorer, path)

@@ -18,6 +18,7 @@ import pytest
 
 from edge.learning import LEARN_FLOOR, LearnedRows, Lessons, pick_rows
 from edge.preprocess import IMAGE_SUFFIXES, read_image
+from tests.conftest import assert_one_line_error, run_cli
 from tests.daemon_helpers import Daemon, Subscriber, wait_for, write_config
 
 BASE = "dishwatch/pass1"
@@ -163,6 +164,38 @@ def test_the_teacher_teaches_forgets_and_survives_an_unwritable_file(
     assert lessons.n_events == 1
     teacher.on_label("e1", "confirmed", crop_path)
     assert lessons.n_events == 0 and scorer.score(worst).score > LEARN_FLOOR * 1.05, "forgotten"
+
+
+def test_edge_score_reproduces_a_device_s_learned_verdicts(knn_bundle, tiny_dataset, tmp_path, tiny_bundle):
+    import cv2
+
+    from edge.learning import Teacher, lessons_for
+    from edge.scorer import Scorer
+
+    scorer = Scorer(knn_bundle, threads=1)
+    crops = _test_crops(tiny_dataset)
+    worst = max(crops, key=lambda c: scorer.score(c).score)
+    image = tmp_path / "e1.png"
+    cv2.imwrite(str(image), worst)
+    learned = tmp_path / "learned.npz"
+    Teacher(scorer, lessons_for(scorer, learned, 1000)).on_label("e1", "false_alarm", image)
+    plain = run_cli("edge", "score", "--bundle", str(knn_bundle), str(image))
+    taught = run_cli("edge", "score", "--bundle", str(knn_bundle), "--learned", str(learned), str(image))
+    assert plain.returncode == 0 and taught.returncode == 0, taught.stderr
+    before, after = json.loads(plain.stdout)["score"], json.loads(taught.stdout)["score"]
+    assert before > LEARN_FLOOR * 1.05 and after <= LEARN_FLOOR + 1e-3, (before, after)
+    # refusals leave the device's file alone
+    other = tmp_path / "other.npz"
+    Lessons(other, "another:bundle", (1, 1), 10).save()
+    proc = run_cli("edge", "score", "--bundle", str(knn_bundle), "--learned", str(other), str(image))
+    assert_one_line_error(proc, str(other), "learned with another bundle")
+    assert other.exists() and not (tmp_path / "other.npz.old").exists()
+    missing = run_cli(
+        "edge", "score", "--bundle", str(knn_bundle), "--learned", str(tmp_path / "no.npz"), str(image)
+    )
+    assert_one_line_error(missing, "no.npz: no such learned file")
+    cae = run_cli("edge", "score", "--bundle", str(tiny_bundle), "--learned", str(learned), str(image))
+    assert_one_line_error(cae, "--learned", "scores by reconstruction")
 
 
 # --- the daemon, end to end ---------------------------------------------------------------------------
