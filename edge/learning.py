@@ -104,7 +104,8 @@ def pick_rows(rows: np.ndarray, distance: np.ndarray, scale: float, unit: float,
     while cand.size:
         i = int(cand[np.argmax(d[cand])])
         picked.append(i)
-        near = np.sqrt(np.einsum("ij,ij->i", q[cand] - q[i], q[cand] - q[i])) / np.float32(scale * unit)
+        diff = q[cand] - q[i]
+        near = np.sqrt(np.einsum("ij,ij->i", diff, diff)) / np.float32(scale * unit)
         d[cand] = np.minimum(d[cand], near)
         cand = cand[d[cand] > floor]
     return np.array(picked, dtype=np.int64)
@@ -129,7 +130,6 @@ class Lessons:
         self.dims = dims  # (fine, coarse) feature dims; coarse 0 without a coarse stage
         self.max_rows = max_rows
         self.events: dict[str, LearnedRows] = {}  # oldest first (dicts keep insertion order)
-        self._strict = False  # load(set_aside=False): refuse a file that does not fit instead of moving it
         # the MQTT thread teaches while the main loop reads the counts for stats
         self._lock = threading.RLock()
 
@@ -204,25 +204,23 @@ class Lessons:
         raises: a file that does not fit this bundle is moved aside (`.old`), since the crops themselves stay
         filed in the feedback folder for the next training. `set_aside=False` (edge score --learned) leaves the
         file alone and raises a one-line UserError instead."""
-        self._strict = not set_aside
         if not self.path.is_file():
-            if self._strict:
+            if not set_aside:
                 raise UserError(f"{self.path}: no such learned file")
             return f"nothing learned yet ({self.path})"
         try:
             with np.load(self.path, allow_pickle=False) as z:
-                if int(z["format"]) != FORMAT:
-                    return self._set_aside(f"format {int(z['format'])}, this version reads {FORMAT}")
-                if str(z["bundle"]) != self.key:
-                    return self._set_aside("learned with another bundle")
+                problem = _header_problem(z, self.key)
+                if problem:
+                    return self._refuse(problem, set_aside)
                 ids = [str(e) for e in z["events"]]
                 stored = {k: np.asarray(z[k], np.float32) for k in PARTS}
                 counts = {k: np.asarray(z[f"{k}_count"], np.int64) for k in ("fine", "coarse")}
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return self._set_aside(f"unreadable ({exc})")
+            return self._refuse(f"unreadable ({exc})", set_aside)
         problem = self._check(stored, counts, len(ids))
         if problem:
-            return self._set_aside(problem)
+            return self._refuse(problem, set_aside)
         cut = {k: np.cumsum(counts[k])[:-1] for k in counts}
         split = {k: np.split(stored[k], cut[k.split("_")[0]]) for k in PARTS}
         self.events = {eid: LearnedRows(*(split[k][i] for k in PARTS)) for i, eid in enumerate(ids)}
@@ -239,8 +237,8 @@ class Lessons:
                 return f"{k} rows or scales are not finite and positive"
         return ""
 
-    def _set_aside(self, why: str) -> str:
-        if self._strict:
+    def _refuse(self, why: str, set_aside: bool) -> str:
+        if not set_aside:
             raise UserError(f"{self.path}: {why}")
         aside = self.path.with_name(self.path.name + ".old")
         try:
@@ -250,6 +248,14 @@ class Lessons:
         return f"{self.path}: {why}; not used (moved to {aside.name}), learning starts again"
 
 
+def _header_problem(z, key: str) -> str:
+    """Why an opened learned file cannot serve the bundle with `key` ("" when it can)."""
+    fmt = int(z["format"])
+    if fmt != FORMAT:
+        return f"format {fmt}, this version reads {FORMAT}"
+    return "" if str(z["bundle"]) == key else "learned with another bundle"
+
+
 def bundle_key(b: BundleInfo) -> str:
     """What learned rows belong to: the bundle's model and bank hashes (rows are features of that model)."""
     return f"{b.sha256}:{(b.score_params.get('bank') or {}).get('sha256', '')}"
@@ -257,11 +263,7 @@ def bundle_key(b: BundleInfo) -> str:
 
 def lessons_for(scorer: Scorer, path: str | Path, max_rows: int) -> Lessons:
     """The store of what `scorer`'s bundle learned."""
-    bank = scorer.bank
-    if bank is None:
-        raise ValueError(
-            f"bundle {scorer.bundle.name} scores by reconstruction: it has no bank to learn into"
-        )
+    bank = scorer.loaded_bank()
     dims = (bank.patches.shape[1], 0 if bank.coarse is None else bank.coarse.patches.shape[1])
     return Lessons(path, bundle_key(scorer.bundle), dims, max_rows)
 
@@ -271,15 +273,13 @@ def check_learned_file(path: str | Path, bundle: BundleInfo) -> None:
     loads the model, so a wrong file is its only line on stderr."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            fmt, owner = int(z["format"]), str(z["bundle"])
+            problem = _header_problem(z, bundle_key(bundle))
     except FileNotFoundError:
         raise UserError(f"{path}: no such learned file") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a learned file ({exc})") from None
-    if fmt != FORMAT:
-        raise UserError(f"{path}: format {fmt}, this version reads {FORMAT}")
-    if owner != bundle_key(bundle):
-        raise UserError(f"{path}: learned with another bundle than {bundle.path}")
+    if problem:
+        raise UserError(f"{path}: {problem} (bundle {bundle.path})")
 
 
 class Teacher:

@@ -207,7 +207,8 @@ class Scorer:
             b.sha256[:12],
         )
 
-    def _loaded(self) -> Bank:
+    def loaded_bank(self) -> Bank:
+        """The bank as the bundle holds it, without learned rows (a ValueError for a reconstruction bundle)."""
         if self._loaded_bank is None:
             raise ValueError(
                 f"bundle {self.bundle.name} scores by reconstruction: it has no bank to learn into"
@@ -216,13 +217,13 @@ class Scorer:
 
     def set_learned(self, rows: LearnedRows) -> None:
         """Search `rows` (learned on the device from false alarms, edge.learning) beside the bundle's bank."""
-        bank = self._loaded().with_learned(rows)
+        bank = self.loaded_bank().with_learned(rows)
         with self._lock:
             self.bank = bank
 
     def lesson(self, bgr: np.ndarray) -> LearnedRows:
         """The rows a crop staff marked as good would teach the bank (edge.learning.lesson)."""
-        self._loaded()
+        self.loaded_bank()
         with self._lock:
             features = self._runner.run(resize_to_input(bgr, self.bundle.input))[1]
             return lesson(self.bank, features)
