@@ -135,7 +135,8 @@ deploy:  ## ship edge/ + a bundle to DEVICE=user@host over SSH as a systemd serv
 	@bash scripts/deploy.sh
 
 # DEVICE=user@host [SSH_PORT=22] [OUT=data/feedback-<host>] [DATASET_DIR=/var/lib/dishwatch/feedback]
-pull-data:  ## copy the staff-feedback dataset (MVTec layout) from DEVICE=user@host into data/feedback-<host>
+# [LEARNED_FILE=/var/lib/dishwatch/learned.npz] (empty: not pulled)
+pull-data:  ## copy the staff-feedback dataset (MVTec layout) and learned rows from DEVICE=user@host into data/feedback-<host>
 	@bash scripts/pull-data.sh
 
 dashboard: setup-edge  ## the pass dashboard on http://127.0.0.1:8080/ for the broker mqtt://127.0.0.1:1883

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +281,26 @@ def check_learned_file(path: str | Path, bundle: BundleInfo) -> None:
         raise UserError(f"{path}: not a learned file ({exc})") from None
     if problem:
         raise UserError(f"{path}: {problem} (bundle {bundle.path})")
+
+
+def check_offline_learned(path: str | Path, bundle_dir: str | Path, flag: str = "--learned") -> None:
+    """The one-line refusals of scoring offline with a device's learned file (`edge score`, `train evaluate`),
+    before any model loads: a reconstruction bundle (it has no bank), or a file of another bundle or none."""
+    from edge.bundle import KNN_METHODS, read_bundle
+
+    bundle = read_bundle(bundle_dir)
+    if bundle.score_method not in KNN_METHODS:
+        raise UserError(f"{flag} {path}: bundle {bundle_dir} scores by reconstruction, it has no bank")
+    check_learned_file(path, bundle)
+
+
+def use_learned(scorer: Scorer, path: str | Path) -> Lessons:
+    """Search a device's learned rows beside `scorer`'s bank, offline: the file is read, never moved or
+    written (a file that does not fit is a one-line UserError). Returns the store, for its counts."""
+    lessons = lessons_for(scorer, path, max_rows=sys.maxsize)
+    log.info("learned rows: %s", lessons.load(set_aside=False))
+    scorer.set_learned(lessons.rows())
+    return lessons
 
 
 class Teacher:

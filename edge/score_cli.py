@@ -10,17 +10,13 @@ flag is wrong (one line on stderr, nothing on stdout).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
-from edge.bundle import KNN_METHODS, read_bundle
 from edge.calibration import ThresholdOverride
 from edge.errors import UserError
-from edge.learning import check_learned_file, lessons_for
+from edge.learning import check_offline_learned, use_learned
 from edge.preprocess import read_image
 from edge.scorer import Scorer
-
-log = logging.getLogger(__name__)
 
 
 def score_path(scorer: Scorer, path: str) -> dict:
@@ -45,18 +41,11 @@ def score_path(scorer: Scorer, path: str) -> dict:
 def cli_main(args) -> int:
     override = ThresholdOverride(args.threshold, args.target_fpr, ("--threshold", "--target-fpr")).validate()
     if args.learned:  # before the model loads (and logs): a wrong file is then the only line on stderr
-        bundle = read_bundle(args.bundle)
-        if bundle.score_method not in KNN_METHODS:
-            raise UserError(
-                f"--learned {args.learned}: bundle {args.bundle} scores by reconstruction, it has no bank"
-            )
-        check_learned_file(args.learned, bundle)
+        check_offline_learned(args.learned, args.bundle)
     scorer = Scorer(args.bundle, threads=args.threads)
     scorer.use_threshold(override)
     if args.learned:
-        lessons = lessons_for(scorer, args.learned, max_rows=sys.maxsize)
-        log.info("--learned: %s", lessons.load(set_aside=False))
-        scorer.set_learned(lessons.rows())
+        use_learned(scorer, args.learned)
     failed = 0
     for path in args.images:  # streamed: each line is written as soon as its image is scored
         row = score_path(scorer, path)

@@ -199,6 +199,85 @@ def test_edge_score_reproduces_a_device_s_learned_verdicts(knn_bundle, tiny_data
 
 
 # --- the daemon, end to end ---------------------------------------------------------------------------
+def test_train_evaluate_judges_the_bundle_as_a_device_runs_it(
+    knn_bundle, knn_run, tiny_dataset, tmp_path, tiny_bundle
+):
+    """`train evaluate --learned`: the test split scored with a device's learned rows beside the bank."""
+    import cv2
+
+    from edge.learning import Teacher, lessons_for, use_learned
+    from edge.scorer import Scorer
+
+    scorer = Scorer(knn_bundle, threads=1)
+    assert scorer.bundle.threshold > LEARN_FLOOR, "a taught crop must land under the threshold"
+    good = sorted(
+        p for p in (tiny_dataset / "test" / "good").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    learned = tmp_path / "learned.npz"
+    teacher = Teacher(scorer, lessons_for(scorer, learned, 1000))
+    for i, path in enumerate(good):  # every good test plate marked "False alarm", as a kitchen might
+        crop = tmp_path / f"g{i}.png"
+        cv2.imwrite(str(crop), read_image(path))
+        teacher.on_label(f"g{i}", "false_alarm", crop)
+    taught = teacher.lessons
+    assert taught.n_events >= 1 and learned.is_file()
+    stored = learned.read_bytes()
+
+    def evaluate(*extra: str) -> dict:
+        out = tmp_path / f"eval{len(extra)}.json"
+        proc = run_cli(
+            "train",
+            "evaluate",
+            "--model",
+            str(knn_bundle),
+            "--data",
+            str(tiny_dataset),
+            "--json",
+            str(out),
+            *extra,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(out.read_text())
+
+    before, after = evaluate(), evaluate("--learned", str(learned))
+    assert before["learned"] is None
+    assert after["learned"] == {
+        "file": str(learned.resolve()),
+        "rows": taught.n_rows,
+        "events": taught.n_events,
+    }
+    assert f"{taught.n_rows} rows learned from {taught.n_events} false alarms" in after["model"]
+    assert after["confusion"]["fp"] == 0, "every good test plate was taught: none is flagged"
+    assert after["threshold"] == before["threshold"], "the bundle's own threshold, as on the device"
+    # the same numbers as the device's own scorer with those rows, which differ from the bundle's alone
+    from train.data import load_dataset
+
+    test = [t for t in load_dataset(tiny_dataset).split("test") if t.anomalous]
+    device = Scorer(knn_bundle, threads=1)
+    use_learned(device, learned)
+    moved = 0
+    for name, row in after["per_defect"].items():
+        scores = [device.score(read_image(t.path)).score for t in test if t.defect == name]
+        assert row["mean_score"] == pytest.approx(np.mean(scores), abs=2e-6), name
+        assert row["mean_score"] <= before["per_defect"][name]["mean_score"] + 1e-6, name
+        moved += row["mean_score"] < before["per_defect"][name]["mean_score"]
+    assert moved, "the learned rows changed no score: the test proves nothing"
+    assert after["image_auroc"] >= before["image_auroc"]
+    assert learned.read_bytes() == stored and not (tmp_path / "learned.npz.old").exists(), "read, never moved"
+    # refused in one line before scoring
+    args = ("train", "evaluate", "--data", str(tiny_dataset))
+    run = run_cli(*args, "--model", str(knn_run), "--learned", str(learned))
+    assert_one_line_error(run, "--learned", "bundle folder, not a training run")
+    cae = run_cli(*args, "--model", str(tiny_bundle), "--learned", str(learned))
+    assert_one_line_error(cae, "--learned", "scores by reconstruction")
+    other = tmp_path / "other.npz"
+    Lessons(other, "another:bundle", (1, 1), 10).save()
+    wrong = run_cli(*args, "--model", str(knn_bundle), "--learned", str(other))
+    assert_one_line_error(wrong, str(other), "learned with another bundle")
+    missing = run_cli(*args, "--model", str(knn_bundle), "--learned", str(tmp_path / "no.npz"))
+    assert_one_line_error(missing, "no.npz: no such learned file")
+
+
 def _publish(broker, doc: dict) -> None:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.connect(broker.host, broker.port)

@@ -1,6 +1,6 @@
 """`make pull-data` against a real OpenSSH server on loopback (tests/sshd.py): the device's feedback dataset arrives
-in the MVTec layout the training loader reads, a second pull merges, and bad input or a missing folder on the
-device is one line."""
+in the MVTec layout the training loader reads, a second pull merges, the device's learned rows arrive beside it
+(replaced by the next pull), and bad input or a missing folder on the device is one line."""
 
 from __future__ import annotations
 
@@ -61,16 +61,19 @@ def test_pull_copies_the_dataset_and_merges(sshd, tmp_path):
         b"half a file"
     )  # a copy in progress is not pulled
     out = tmp_path / "pulled"
+    learned = device.parent / "learned.npz"
     env = {
         "DEVICE": sshd.device,
         "SSH_PORT": str(sshd.port),
         "DEPLOY_SSH_OPTS": sshd.ssh_opts,
         "DATASET_DIR": str(device),
+        "LEARNED_FILE": str(learned),
         "OUT": str(out),
     }
     proc = pull(env)
     assert proc.returncode == 0, proc.stderr
     assert "1 false alarm(s) in train/good, 1 confirmed defect(s) in test/" in proc.stdout
+    assert f"no {learned} on" in proc.stdout and not (out / "learned.npz").exists(), "nothing learned yet"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["test/spill/e2.png", "train/good/e1.png"]
     assert (out / "train/good/e1.png").read_bytes() == (device / "train/good/e1.png").read_bytes()
@@ -79,10 +82,30 @@ def test_pull_copies_the_dataset_and_merges(sshd, tmp_path):
 
     assert load_dataset(out).layout == "mvtec"
 
-    png(device / "test" / "chip" / "e4.png", 4)  # new feedback on the device since
+    png(device / "test" / "chip" / "e4.png", 4)  # new feedback on the device since, and rows learned from it
+    from edge.learning import LearnedRows, Lessons
+
+    lessons = Lessons(learned, "model:bank", (3, 2), 100)
+    lessons.add("e1", LearnedRows(np.ones((2, 3), np.float32), np.ones(2, np.float32),
+                                  np.ones((1, 2), np.float32), np.ones(1, np.float32)))  # fmt: skip
+    lessons.save()
     proc = pull(env)
     assert proc.returncode == 0, proc.stderr
     assert (out / "test/chip/e4.png").is_file() and (out / "train/good/e1.png").is_file()
+    assert (out / "learned.npz").read_bytes() == learned.read_bytes() and "--learned" in proc.stdout
+    assert load_dataset(out).layout == "mvtec", "the loader ignores the learned file beside the dataset"
+
+    lessons.remove("e1")  # relabelled on the device: the next pull replaces the copy, it does not merge
+    lessons.save()
+    assert pull(env).returncode == 0
+    assert (out / "learned.npz").read_bytes() == learned.read_bytes()
+
+    learned.write_bytes(b"not an archive")  # a wrong LEARNED_FILE leaves the local copy alone
+    before = (out / "learned.npz").read_bytes()
+    one_line_error(pull(env), str(learned), "not a learned file")
+    assert (out / "learned.npz").read_bytes() == before
+    skip = pull({**env, "LEARNED_FILE": ""})
+    assert skip.returncode == 0 and "learned" not in skip.stdout.split("check it")[1], skip.stdout
 
 
 def test_missing_dataset_on_the_device_is_one_line(sshd, tmp_path):
@@ -107,6 +130,10 @@ def test_missing_dataset_on_the_device_is_one_line(sshd, tmp_path):
         ({"DEVICE": "root@127.0.0.1", "SSH_PORT": "x"}, "SSH_PORT: expected a port number"),
         ({"DEVICE": "root@127.0.0.1", "DATASET_DIR": "rel/path"}, "DATASET_DIR: expected an absolute path"),
         ({"DEVICE": "root@127.0.0.1", "DATASET_DIR": "/a'b"}, "DATASET_DIR: expected an absolute path"),
+        (
+            {"DEVICE": "root@127.0.0.1", "LEARNED_FILE": "learned.npz"},
+            "LEARNED_FILE: expected an absolute path",
+        ),
     ],
 )
 def test_bad_input_is_one_line(env, needle):

@@ -149,6 +149,12 @@ def build_parser() -> OneLineParser:
     e.add_argument(
         "--methods", help="also evaluate these score methods, e.g. mse,ssim,local (a `methods` table)"
     )
+    e.add_argument(
+        "--learned",
+        default="",
+        help="a device's learned file (feedback.learned_file): evaluate the bundle as that device runs it, with "
+        "the rows it learned from false alarms",
+    )
     e.set_defaults(handler="train.evaluate:cli_main")
 
     t = sub.add_parser(

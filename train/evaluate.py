@@ -164,6 +164,8 @@ class Scored:
     name: str
     spec: InputSpec
     primary: str
+    # the device's learned rows searched beside a bundle's bank: {file, rows, events}; None without
+    learned: dict | None = None
 
 
 class Photos(Sequence):
@@ -193,15 +195,34 @@ def score_images(
     images: Sequence[np.ndarray],
     methods_arg: str | None = None,
     val_images: Callable[[InputSpec], np.ndarray] | None = None,
+    learned: str | None = None,
 ) -> Scored:
     """Score BGR photos (as read from disk) with a run (Keras) or a bundle (the device's own scorer).
 
     Why one entry for both: evaluate and the twin probe (train.twins) must judge a run and its bundle by the same
-    code. `val_images` gives the good validation photos for a run from before per-method calibration.
+    code. `val_images` gives the good validation photos for a run from before per-method calibration. `learned`:
+    a bundle's scorer also searches the rows a device learned from false alarms (check_learned first).
     """
     if model_kind(path) == "bundle":
-        return _bundle_scores(path, images, methods_arg)
+        return _bundle_scores(path, images, methods_arg, learned)
+    if learned:
+        raise ValueError("learned rows belong to a bundle, not to a training run (check_learned)")
     return _run_scores(path, images, methods_arg, val_images)
+
+
+def check_learned(path: Path, learned: str | None) -> None:
+    """`--learned FILE` refused in one line before anything is scored: learned rows are features of the device's
+    converted model, so they go with a kNN bundle of that model only (edge.learning.check_offline_learned)."""
+    if not learned:
+        return
+    if model_kind(path) != "bundle":
+        raise UserError(
+            f"--learned {learned}: needs --model to be the device's bundle folder, not a training run"
+            " (learned rows are features of the bundle's own model)"
+        )
+    from edge.learning import check_offline_learned
+
+    check_offline_learned(learned, path)
 
 
 def _run_scores(
@@ -272,12 +293,25 @@ def _knn_run_results(run_dir: Path, model, config: dict, x: np.ndarray, methods_
     return {primary: (scores, maps, float(config["threshold"]), params)}, name
 
 
-def _bundle_scores(bundle_dir: Path, images: Sequence[np.ndarray], methods_arg: str | None) -> Scored:
+def _bundle_scores(
+    bundle_dir: Path, images: Sequence[np.ndarray], methods_arg: str | None, learned: str | None = None
+) -> Scored:
     """TFLite path: the device's own scorer (edge.scorer) supplies scores and residual maps."""
     from edge.scorer import Scorer
 
     scorer = Scorer(bundle_dir, threads=2)
     b = scorer.bundle
+    name, learned_info = f"{b.name} ({b.quantization}, tflite)", None
+    if learned:
+        from edge.learning import use_learned
+
+        lessons = use_learned(scorer, learned)
+        name += f" + {lessons.n_rows} rows learned from {lessons.n_events} false alarms"
+        learned_info = {
+            "file": str(Path(learned).resolve()),
+            "rows": lessons.n_rows,
+            "events": lessons.n_events,
+        }
     primary = b.score_method
     if _method_list(methods_arg, primary) != [primary]:
         log.warning("a bundle is scored with its own method (%s) only; ignoring --methods", primary)
@@ -288,7 +322,7 @@ def _bundle_scores(bundle_dir: Path, images: Sequence[np.ndarray], methods_arg: 
     scores = np.array([r.score for r in out], dtype=np.float64)
     maps = np.stack([np.asarray(r.residual_map, dtype=np.float32) for r in out])
     results = {primary: (scores, maps, float(b.threshold), b.score_params)}
-    return Scored(np.stack(x), results, f"{b.name} ({b.quantization}, tflite)", b.input, primary)
+    return Scored(np.stack(x), results, name, b.input, primary, learned_info)
 
 
 def _calibration_scores(path: Path) -> list | None:
@@ -303,14 +337,23 @@ def _calibration_scores(path: Path) -> list | None:
 
 
 def evaluate(
-    model_dir: str, data: str, json_out: str | None, report_dir: str | None, methods_arg: str | None
+    model_dir: str,
+    data: str,
+    json_out: str | None,
+    report_dir: str | None,
+    methods_arg: str | None,
+    learned: str | None = None,
 ) -> dict:
-    """Score the test split and return the metrics dict; write the JSON and the report folder when asked."""
+    """Score the test split and return the metrics dict; write the JSON and the report folder when asked.
+
+    `learned`: a device's learned file (feedback.learned_file), searched beside the bundle's bank, so the numbers
+    are those of the device as it runs after its staff's false-alarm presses (edge.learning)."""
     from train.data import load_dataset, load_images
 
     path = Path(model_dir)
     _method_list(methods_arg, scoring.DEFAULT_METHOD)  # fail on a bad --methods before loading anything heavy
     model_kind(path)
+    check_learned(path, learned)
     check_output(json_out)
     dataset = load_dataset(data)
     samples = dataset.split("test")
@@ -321,6 +364,7 @@ def evaluate(
         Photos([s.path for s in samples]),
         methods_arg,
         val_images=lambda spec: load_images([v for v in dataset.split("val") if not v.anomalous], spec),
+        learned=learned,
     )
     x, results, spec, primary = scored.x, scored.results, scored.spec, scored.primary
     name = scored.name
@@ -342,6 +386,7 @@ def evaluate(
         }
     result["input"] = spec.to_json()
     result["data"] = str(Path(data).resolve())
+    result["learned"] = scored.learned
     if json_out:
         write_result(json_out, result)
     if report_dir:
@@ -377,7 +422,14 @@ def write_result(json_out: str, result: dict) -> None:
 
 
 def cli_main(args) -> int:
-    result = evaluate(args.model, args.data, args.json_out, args.report, getattr(args, "methods", None))
+    result = evaluate(
+        args.model,
+        args.data,
+        args.json_out,
+        args.report,
+        getattr(args, "methods", None),
+        getattr(args, "learned", None) or None,
+    )
     summary = {k: result[k] for k in ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")}
     sys.stdout.write(
         json.dumps({"model": result["model"], "score_method": result["score_method"], **summary}) + "\n"
