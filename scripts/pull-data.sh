@@ -49,23 +49,30 @@ case "$DEPLOY_SUDO" in
   0) sudo='' ;;
   *) sudo='$([ "$(id -u)" -eq 0 ] || echo sudo -n)' ;;
 esac
-# Exit 3 = no dataset yet (no feedback filed on that device), told apart from ssh's own 255.
-remote="$sudo sh -c 'test -d \"$DATASET_DIR\" || exit 3; tar -C \"$DATASET_DIR\" -cf - --exclude=\".*.tmp\" .'"
-
 stage=$(mktemp -d "${TMPDIR:-/tmp}/dishwatch-pull.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 read -ra ssh_opts <<<"$DEPLOY_SSH_OPTS"
+
+# fetch WHAT DEST REMOTE_CMD: run REMOTE_CMD on the device into the local file DEST; 0, or 3 when the remote command
+# says WHAT is not there; any other failure is one line naming WHAT.
+fetch() {
+  local rc
+  set +e
+  ssh -o BatchMode=yes -p "$SSH_PORT" "${ssh_opts[@]}" "$DEVICE" "$3" >"$2" 2>"$stage/ssh.err"
+  rc=$?
+  set -e
+  case $rc in
+    0 | 3) return $rc ;;
+    255) die "ssh to $DEVICE (port $SSH_PORT) failed: check the address, the port and that your key is authorized" ;;
+    *) die "reading $1 on $DEVICE failed (exit $rc): $(tr '\n' ' ' <"$stage/ssh.err" | cut -c1-300)" ;;
+  esac
+}
+
 echo "==> pulling $DEVICE:$DATASET_DIR into $OUT"
-set +e
-ssh -o BatchMode=yes -p "$SSH_PORT" "${ssh_opts[@]}" "$DEVICE" "$remote" >"$stage/data.tar" 2>"$stage/ssh.err"
-rc=$?
-set -e
-case $rc in
-  0) ;;
-  3) die "$DEVICE has no $DATASET_DIR yet (no feedback filed there; or set DATASET_DIR to its feedback.dataset_dir)" ;;
-  255) die "ssh to $DEVICE (port $SSH_PORT) failed: check the address, the port and that your key is authorized" ;;
-  *) die "reading $DATASET_DIR on $DEVICE failed (exit $rc): $(tr '\n' ' ' <"$stage/ssh.err" | cut -c1-300)" ;;
-esac
+# Exit 3 = no dataset yet (no feedback filed on that device), told apart from ssh's own 255.
+fetch "$DATASET_DIR" "$stage/data.tar" \
+  "$sudo sh -c 'test -d \"$DATASET_DIR\" || exit 3; tar -C \"$DATASET_DIR\" -cf - --exclude=\".*.tmp\" .'" ||
+  die "$DEVICE has no $DATASET_DIR yet (no feedback filed there; or set DATASET_DIR to its feedback.dataset_dir)"
 tar -tf "$stage/data.tar" >/dev/null 2>&1 || die "the archive from $DEVICE is damaged; nothing was changed in $OUT"
 mkdir -p "$OUT"
 tar -C "$OUT" -xf "$stage/data.tar" --no-same-owner
@@ -78,17 +85,10 @@ echo "    check it: python -m train inspect --data $OUT"
 # The learned rows: one file, replaced whole by each pull (it is the device's current state, not a log). Exit 3 =
 # the device has learned nothing yet (or learns nothing: a CAE bundle, feedback.learn = false).
 [ -n "$LEARNED_FILE" ] || exit 0
-remote="$sudo sh -c 'test -f \"$LEARNED_FILE\" || exit 3; cat \"$LEARNED_FILE\"'"
-set +e
-ssh -o BatchMode=yes -p "$SSH_PORT" "${ssh_opts[@]}" "$DEVICE" "$remote" >"$stage/learned.npz" 2>"$stage/ssh.err"
-rc=$?
-set -e
-case $rc in
-  0) ;;
-  3) echo "==> no $LEARNED_FILE on $DEVICE: it has learned no rows (set LEARNED_FILE to its feedback.learned_file)"
-     exit 0 ;;
-  *) die "reading $LEARNED_FILE on $DEVICE failed (exit $rc): $(tr '\n' ' ' <"$stage/ssh.err" | cut -c1-300)" ;;
-esac
+if ! fetch "$LEARNED_FILE" "$stage/learned.npz" "$sudo sh -c 'test -f \"$LEARNED_FILE\" || exit 3; cat \"$LEARNED_FILE\"'"; then
+  echo "==> no $LEARNED_FILE on $DEVICE: it has learned no rows (set LEARNED_FILE to its feedback.learned_file)"
+  exit 0
+fi
 # an .npz is a zip archive; anything else is a wrong LEARNED_FILE, and the local copy stays as it was
 [ "$(head -c 4 "$stage/learned.npz" | od -An -tx1 | tr -d ' \n')" = "504b0304" ] ||
   die "$DEVICE:$LEARNED_FILE is not a learned file (not an .npz archive); $OUT/learned.npz was left as it was"
