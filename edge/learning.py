@@ -283,14 +283,14 @@ def check_learned_file(path: str | Path, bundle: BundleInfo) -> None:
         raise UserError(f"{path}: {problem} (bundle {bundle.path})")
 
 
-def check_offline_learned(path: str | Path, bundle_dir: str | Path, flag: str = "--learned") -> None:
+def check_offline_learned(path: str | Path, bundle_dir: str | Path) -> None:
     """The one-line refusals of scoring offline with a device's learned file (`edge score`, `train evaluate`),
     before any model loads: a reconstruction bundle (it has no bank), or a file of another bundle or none."""
     from edge.bundle import KNN_METHODS, read_bundle
 
     bundle = read_bundle(bundle_dir)
     if bundle.score_method not in KNN_METHODS:
-        raise UserError(f"{flag} {path}: bundle {bundle_dir} scores by reconstruction, it has no bank")
+        raise UserError(f"--learned {path}: bundle {bundle_dir} scores by reconstruction, it has no bank")
     check_learned_file(path, bundle)
 
 
