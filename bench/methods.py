@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.learning import timed  # noqa: E402  (median end-to-end ms per crop, the daemon's call)
 from bench.machine import machine_record  # noqa: E402
 from edge.scorer import Scorer  # noqa: E402
 
@@ -66,15 +66,6 @@ def crops_of(data: Path, n: int) -> list[np.ndarray]:
 
     samples = load_dataset(data).split("test")[:n]
     return [cv2.imread(str(s.path), cv2.IMREAD_COLOR) for s in samples]
-
-
-def timed(scorer: Scorer, crops: list[np.ndarray]) -> float:
-    ms = []
-    for c in crops:
-        t0 = time.perf_counter()
-        scorer.score(c)
-        ms.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(ms))
 
 
 def main() -> int:
