@@ -15,7 +15,8 @@ reconstructions are the same as `local`'s, whose parity the bundle reports.
         [--work runs/methods-dsm100] [--out bench/results/methods-dsm100.json] [--crops 50] [--rounds 3]
 
 `make bench-methods [PRESET=dsm50]` trains what is missing first (the CAE takes tens of minutes on 2 cores).
-Runs and bundles already in --work are reused, so a second call only measures again.
+Runs and bundles already in --work are reused, so a second call only measures again (delete --work after
+retraining a run).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def row(metrics: dict) -> dict:
 
 
 def crops_of(data: Path, n: int) -> list[np.ndarray]:
-    """The first `n` test photos (sorted paths, good and defective), as the daemon hands crops to the scorer."""
+    """The first `n` test photos in path order, as BGR arrays like the daemon's crops (a crop's time does not
+    depend on what it shows: one feature pass and one search)."""
     from train.data import load_dataset
 
     samples = load_dataset(data).split("test")[:n]
