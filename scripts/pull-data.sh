@@ -92,6 +92,8 @@ fi
 # an .npz is a zip archive; anything else is a wrong LEARNED_FILE, and the local copy stays as it was
 [ "$(head -c 4 "$stage/learned.npz" | od -An -tx1 | tr -d ' \n')" = "504b0304" ] ||
   die "$DEVICE:$LEARNED_FILE is not a learned file (not an .npz archive); $OUT/learned.npz was left as it was"
-mv -f "$stage/learned.npz" "$OUT/learned.npz"
+# copied next to its place, then renamed: a full disk leaves the previous copy whole, never half a file
+cp "$stage/learned.npz" "$OUT/.learned.npz.tmp"
+mv -f "$OUT/.learned.npz.tmp" "$OUT/learned.npz"
 echo "==> $OUT/learned.npz: the rows $DEVICE learned from its false alarms"
 echo "    evaluate the device as it runs: python -m train evaluate --model BUNDLE_DIR --data DIR --learned $OUT/learned.npz"
