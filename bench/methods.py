@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 from bench.learning import timed  # noqa: E402  (median end-to-end ms per crop, the daemon's call)
 from bench.machine import machine_record  # noqa: E402
 from edge.scorer import Scorer  # noqa: E402
+from train.evaluate import SUMMARY_KEYS  # noqa: E402
 
 CAE_SCORES = ("mse", "ssim", "local")
-KEYS = ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")
 
 
 def cli(*args: str | Path) -> None:
@@ -55,7 +55,7 @@ def cli(*args: str | Path) -> None:
 
 def row(metrics: dict) -> dict:
     """The table's fields of an evaluate result, with per-defect image AUROC."""
-    out = {k: metrics.get(k) for k in KEYS}
+    out = {k: metrics.get(k) for k in SUMMARY_KEYS}
     out["per_defect"] = {d: v["auroc"] for d, v in (metrics.get("per_defect") or {}).items()}
     out["per_severity"] = {s: v["auroc"] for s, v in (metrics.get("per_severity") or {}).items()}
     return out

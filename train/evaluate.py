@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 PREDICT_BATCH = 32
 
 
+# the headline fields: the `methods` table, the line the CLI prints, the benches' tables
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")
+
 SEVERITY_ORDER = {"obvious": 0, "moderate": 1, "subtle": 2}  # the synthetic generator's; others sort by name
 
 
@@ -377,13 +380,7 @@ def evaluate(
         table[m]["score_params"] = params
     result = dict(table[primary])
     if len(methods) > 1:
-        result["methods"] = {
-            m: {
-                k: table[m][k]
-                for k in ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")
-            }
-            for m in methods
-        }
+        result["methods"] = {m: {k: table[m][k] for k in SUMMARY_KEYS} for m in methods}
     result["input"] = spec.to_json()
     result["data"] = str(Path(data).resolve())
     result["learned"] = scored.learned
@@ -430,7 +427,7 @@ def cli_main(args) -> int:
         getattr(args, "methods", None),
         getattr(args, "learned", None) or None,
     )
-    summary = {k: result[k] for k in ("image_auroc", "pixel_auroc", "f1", "precision", "recall", "threshold")}
+    summary = {k: result[k] for k in SUMMARY_KEYS}
     sys.stdout.write(
         json.dumps({"model": result["model"], "score_method": result["score_method"], **summary}) + "\n"
     )
