@@ -18,10 +18,10 @@ pretrained ones).
 
 Also: a scorer-only process (no TensorFlow: sys.modules["tensorflow"] = None) per thread count that loads the
 int8 bundle (for the CAE a temporary one around the untrained model, for effnet models/default) and scores
-300x300 crops: median model and end-to-end ms, peak RSS. numpy's BLAS gets the same thread count (the kNN
-search is one matrix product) and OpenCV one thread, as edge.daemon sets it, so "1 thread" is the whole
-process's compute. tflite-runtime is measured only when it imports (its wheels need numpy<2, so not in
-this venv). The peak RSS is the probe's VmHWM: Linux carries ru_maxrss over fork + exec from the (TensorFlow-sized)
+300x300 crops: median model and end-to-end ms, peak RSS. numpy's BLAS gets one thread, as every `python -m
+edge` command gives it (edge.cli.single_thread_blas says why), and OpenCV one thread, as edge.daemon sets it, so
+"1 thread" is the whole process's compute. tflite-runtime is measured only when it imports (its wheels need
+numpy<2, so not in this venv). The peak RSS is the probe's VmHWM: Linux carries ru_maxrss over fork + exec from the (TensorFlow-sized)
 parent, so ru_maxrss alone would report the bench's own size; both are stored. Keras runs in a subprocess per
 thread count because TensorFlow's thread pools are fixed at start-up.
 
@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench.machine import cpu_line, evict_from_page_cache, library_roots, machine_record  # noqa: E402
+from edge.cli import BLAS_THREAD_ENV  # noqa: E402
 
 log = logging.getLogger("bench.latency")
 
@@ -65,7 +66,6 @@ CONV = (64, 64, 64)  # the reference layer: 3x3 conv, 64 -> 64 channels on a 64 
 CONV_MACS = CONV[0] * CONV[1] * 9 * CONV[2] * CONV[2]
 BLOCK = 5  # consecutive invokes of one model before the next takes its turn (tflite_ms)
 REPRESENTATIVE = 32  # int8 calibration images: they set ranges, not the graph, so not the latency
-BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def median_ms(fn, runs: int, warmup: int) -> float:
@@ -249,7 +249,7 @@ def scorer_probe(bundle: Path, threads: int, runs: int, warmup: int) -> dict:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **dict.fromkeys(BLAS_ENV, str(threads))},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **dict.fromkeys(BLAS_THREAD_ENV, "1")},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"scorer probe failed: {proc.stderr[-2000:]}")

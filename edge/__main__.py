@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from edge.cli import OneLineParser, dispatch, run_main
+from edge.cli import OneLineParser, dispatch, run_main, single_thread_blas
 
 
 def build_parser() -> OneLineParser:
@@ -79,7 +79,8 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return dispatch(build_parser(), argv)
+    # before a handler imports numpy: every edge command scores or serves next to TFLite's own thread pool
+    return dispatch(build_parser(), argv, before=lambda _args: single_thread_blas())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,27 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# numpy's BLAS reads its thread count from these once, when numpy loads (edge.cli.single_thread_blas)
+BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_thread_blas() -> None:
+    """Give numpy's BLAS one thread unless the environment already names a count; only before numpy loads.
+
+    Why: the device's numpy matrix products are small (the coarse search: 49 cells x 3 761 rows, 3 ms with its map) and run between
+    TFLite invokes, and OpenBLAS's idle workers busy-wait for a while after each product on the cores the
+    interpreter's workers need next (and the other way round). On a 2-core host the default bundle took 38 ms a
+    crop with the interpreter and OpenBLAS at 2 threads each and 21.6 ms with OpenBLAS at 1; a bundle searched
+    in numpy lost nothing by it (35.7 against 36.1 ms; docs/measurements.md, "The second 2026-12-03 machine").
+    train and convert keep every core: their coreset selection is one large product after another.
+    """
+    if "numpy" in sys.modules:  # too late to matter; and the variables would reach this process's children
+        log.debug("numpy is already loaded: its BLAS keeps the thread count it started with")
+        return
+    for var in BLAS_THREAD_ENV:
+        os.environ.setdefault(var, "1")
+
+
 def setup_logging(verbose: bool = False) -> None:
     level = (
         logging.DEBUG if verbose else getattr(logging, os.environ.get("DISHWATCH_LOG", "INFO").upper(), 20)
