@@ -264,6 +264,20 @@ def test_train_evaluate_judges_the_bundle_as_a_device_runs_it(
     assert moved, "the learned rows changed no score: the test proves nothing"
     assert after["image_auroc"] >= before["image_auroc"]
     assert learned.read_bytes() == stored and not (tmp_path / "learned.npz.old").exists(), "read, never moved"
+    # `train twins --learned`: the defect/twin pairs scored as that device scores them
+    pairs = []
+    for extra in ((), ("--learned", str(learned))):
+        out = tmp_path / f"twins{len(extra)}.json"
+        cmd = ("train", "twins", "--model", str(knn_bundle), "--data", str(tiny_dataset), "--json", str(out))
+        proc = run_cli(*cmd, *extra)
+        assert proc.returncode == 0, proc.stderr
+        pairs.append(json.loads(out.read_text()))
+    assert pairs[0]["learned"] is None and pairs[1]["learned"] == after["learned"]
+    assert "false alarms" in pairs[1]["model"] and pairs[1]["model"] in proc.stdout
+    plain = {p["path"]: p for p in pairs[0]["plates"]}
+    taught_plates = [(plain[p["path"]], p) for p in pairs[1]["plates"]]
+    assert all(t["score"] <= b["score"] + 1e-5 for b, t in taught_plates)  # rows added: no distance grows
+    assert any(t["score"] < b["score"] for b, t in taught_plates), "the learned rows changed no pair"
     # refused in one line before scoring
     args = ("train", "evaluate", "--data", str(tiny_dataset))
     run = run_cli(*args, "--model", str(knn_run), "--learned", str(learned))
@@ -276,6 +290,10 @@ def test_train_evaluate_judges_the_bundle_as_a_device_runs_it(
     assert_one_line_error(wrong, str(other), "learned with another bundle")
     missing = run_cli(*args, "--model", str(knn_bundle), "--learned", str(tmp_path / "no.npz"))
     assert_one_line_error(missing, "no.npz: no such learned file")
+    twins_cae = run_cli(
+        "train", "twins", "--model", str(tiny_bundle), "--data", str(tiny_dataset), "--learned", str(learned)
+    )
+    assert_one_line_error(twins_cae, "--learned", "scores by reconstruction")
 
 
 def _publish(broker, doc: dict) -> None:

@@ -165,6 +165,11 @@ def build_parser() -> OneLineParser:
     t.add_argument("--data", required=True, help="a data set written by `train synth` (its meta.json)")
     t.add_argument("--json", dest="json_out", help="write the per-defect table as JSON here")
     t.add_argument("--report", help="write index.html and twins.png (a typical pair per defect) here")
+    t.add_argument(
+        "--learned",
+        default="",
+        help="a device's learned file (feedback.learned_file): the pairs scored as that device scores them",
+    )
     t.set_defaults(handler="train.twins:cli_main")
     return p
 

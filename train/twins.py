@@ -281,18 +281,29 @@ at the median (5th-95th percentile {result["twin_scores"]["p5"]:.4g}-{result["tw
     return index
 
 
-def twins(model_dir: str, data: str, json_out: str | None = None, report_dir: str | None = None) -> dict:
-    from train.evaluate import check_output, model_kind, score_images, write_result
+def twins(
+    model_dir: str,
+    data: str,
+    json_out: str | None = None,
+    report_dir: str | None = None,
+    learned: str | None = None,
+) -> dict:
+    """`learned`: a device's learned file, searched beside the bundle's bank (as `train evaluate --learned`), to
+    see which defects what the kitchen taught has made harder to see."""
+    from train.evaluate import check_learned, check_output, model_kind, score_images, write_result
 
     path = Path(model_dir)
     model_kind(path)  # one-line errors before anything is rendered
     check_output(json_out)
+    check_learned(path, learned)
     pairs = twin_pairs(Recipe.read(data))
     log.info("twins: %d test defects rendered again without their defect", len(pairs))
-    scored = score_images(path, [p.photo for p in pairs] + [p.twin for p in pairs])  # one model load
+    photos = [p.photo for p in pairs] + [p.twin for p in pairs]
+    scored = score_images(path, photos, learned=learned)  # one model load
     scores, maps, threshold, _ = scored.results[scored.primary]
     scores, n = np.asarray(scores, dtype=np.float64), len(pairs)
     result = {"model": scored.name, "score_method": scored.primary, "data": str(Path(data).resolve())}
+    result["learned"] = scored.learned
     result.update(summarize(pairs, (scores[:n], maps[:n]), (scores[n:], maps[n:]), float(threshold)))
     if json_out:
         write_result(json_out, result)
@@ -302,5 +313,6 @@ def twins(model_dir: str, data: str, json_out: str | None = None, report_dir: st
 
 
 def cli_main(args) -> int:
-    sys.stdout.write(format_table(twins(args.model, args.data, args.json_out, args.report)))
+    result = twins(args.model, args.data, args.json_out, args.report, args.learned or None)
+    sys.stdout.write(format_table(result))
     return 0
