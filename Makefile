@@ -74,10 +74,10 @@ evaluate: setup  ## evaluate runs/$(PRESET) on $(DATA): metrics JSON + HTML repo
 		--json runs/$(PRESET)/metrics.json --report runs/$(PRESET)/report
 
 .PHONY: twins
-twins: setup  ## each test defect of $(DATA) beside its defect-free twin, scored by MODEL (default models/default) -> runs/twins
+twins: setup  ## each test defect of $(DATA) beside its defect-free twin, scored by MODEL (default models/default; LEARNED=file) -> runs/twins
 	test -d $(DATA) || $(PY) -m train synth --preset $(PRESET) --out $(DATA)
 	$(PY) -m train twins --model $(or $(MODEL),models/default) --data $(DATA) --json runs/twins/twins.json \
-		--report runs/twins
+		--report runs/twins $(if $(LEARNED),--learned $(LEARNED))
 
 bench-train: setup  ## training throughput (img/s) vs the machine's float32 bound -> bench/results/
 	$(PY) bench/train_throughput.py --levers
