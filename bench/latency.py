@@ -21,8 +21,8 @@ int8 bundle (for the CAE a temporary one around the untrained model, for effnet 
 300x300 crops: median model and end-to-end ms, peak RSS. numpy's BLAS gets one thread, as every `python -m
 edge` command gives it (edge.cli.single_thread_blas says why), and OpenCV one thread, as edge.daemon sets it, so
 "1 thread" is the whole process's compute. tflite-runtime is measured only when it imports (its wheels need
-numpy<2, so not in this venv). The peak RSS is the probe's VmHWM: Linux carries ru_maxrss over fork + exec from the (TensorFlow-sized)
-parent, so ru_maxrss alone would report the bench's own size; both are stored. Keras runs in a subprocess per
+numpy<2, so not in this venv). The peak RSS is the probe's VmHWM: Linux carries ru_maxrss over fork + exec from
+the (TensorFlow-sized) parent, so ru_maxrss alone would report the bench's own size; both are stored. Keras runs in a subprocess per
 thread count because TensorFlow's thread pools are fixed at start-up.
 
     .venv/bin/python bench/latency.py [--model cae|effnet|both] [--config seed] [--size 128]

@@ -32,9 +32,9 @@ BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 def single_thread_blas() -> None:
     """Give numpy's BLAS one thread unless the environment already names a count; only before numpy loads.
 
-    Why: the device's numpy matrix products are small (the coarse search: 49 cells x 3 761 rows, 3 ms with its map) and run between
-    TFLite invokes, and OpenBLAS's idle workers busy-wait for a while after each product on the cores the
-    interpreter's workers need next (and the other way round). On a 2-core host the default bundle took 38 ms a
+    Why: the device's numpy matrix products are small (the coarse search: 49 cells x 3 761 rows, 3 ms with its
+    map) and run between TFLite invokes, and OpenBLAS's idle workers busy-wait for a while after each product on
+    the cores the interpreter's workers need next (and the other way round). On a 2-core host the default bundle took 38 ms a
     crop with the interpreter and OpenBLAS at 2 threads each and 21.6 ms with OpenBLAS at 1; a bundle searched
     in numpy lost nothing by it (35.7 against 36.1 ms; docs/measurements.md, "The second 2026-12-03 machine").
     train and convert keep every core: their coreset selection is one large product after another.

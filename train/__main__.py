@@ -13,6 +13,13 @@ from edge.cli import OneLineParser, dispatch, run_main
 from edge.knn import DISTANCES
 
 
+def _add_learned(parser: OneLineParser, what: str) -> None:
+    """`--learned FILE` of the commands that score a bundle (train.evaluate.check_learned refuses the rest)."""
+    parser.add_argument(
+        "--learned", default="", help=f"a device's learned file (feedback.learned_file): {what}"
+    )
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m train", description="dishwatch training, evaluation and data tools")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -149,12 +156,7 @@ def build_parser() -> OneLineParser:
     e.add_argument(
         "--methods", help="also evaluate these score methods, e.g. mse,ssim,local (a `methods` table)"
     )
-    e.add_argument(
-        "--learned",
-        default="",
-        help="a device's learned file (feedback.learned_file): evaluate the bundle as that device runs it, with "
-        "the rows it learned from false alarms",
-    )
+    _add_learned(e, "evaluate the bundle as that device runs it, with the rows it learned from false alarms")
     e.set_defaults(handler="train.evaluate:cli_main")
 
     t = sub.add_parser(
@@ -165,11 +167,7 @@ def build_parser() -> OneLineParser:
     t.add_argument("--data", required=True, help="a data set written by `train synth` (its meta.json)")
     t.add_argument("--json", dest="json_out", help="write the per-defect table as JSON here")
     t.add_argument("--report", help="write index.html and twins.png (a typical pair per defect) here")
-    t.add_argument(
-        "--learned",
-        default="",
-        help="a device's learned file (feedback.learned_file): the pairs scored as that device scores them",
-    )
+    _add_learned(t, "the pairs scored as that device scores them")
     t.set_defaults(handler="train.twins:cli_main")
     return p
 

@@ -302,8 +302,12 @@ def twins(
     scored = score_images(path, photos, learned=learned)  # one model load
     scores, maps, threshold, _ = scored.results[scored.primary]
     scores, n = np.asarray(scores, dtype=np.float64), len(pairs)
-    result = {"model": scored.name, "score_method": scored.primary, "data": str(Path(data).resolve())}
-    result["learned"] = scored.learned
+    result = {
+        "model": scored.name,
+        "score_method": scored.primary,
+        "data": str(Path(data).resolve()),
+        "learned": scored.learned,
+    }
     result.update(summarize(pairs, (scores[:n], maps[:n]), (scores[n:], maps[n:]), float(threshold)))
     if json_out:
         write_result(json_out, result)
